@@ -1,0 +1,126 @@
+"""Recipe `peft:` -> a PEFT config and model. hftl does not implement adapters: PEFT does.
+
+What hftl adds: method names users type (`dora` = LoRA with use_dora), keys checked against the PEFT
+config class, `target_modules` found by inspecting the model when not given (transformers 5 renamed
+many attention projections, e.g. ViT's query/value are now q_proj/v_proj), and the new task head
+always in `modules_to_save` (so it trains and is saved with the adapter: peft#1070, peft#2099).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from hftl.errors import HftlError, did_you_mean
+
+_ALIASES = {"dora": "LORA", "prefix_tuning": "PREFIX_TUNING", "prompt_tuning": "PROMPT_TUNING"}
+_PROMPT_METHODS = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"}
+# hftl fills these itself; a recipe may still set target_modules / modules_to_save.
+_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode"}
+# Attention projections to adapt by default, most specific first (q/v as in the LoRA paper).
+_QV_NAMES = [("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("q", "v"), ("qkv",), ("c_attn",),
+             ("query_key_value",), ("Wqkv",)]
+
+
+def peft_type(method: str) -> str:
+    from peft import PeftType
+
+    name = _ALIASES.get(method.lower(), method.upper())
+    allowed = sorted({m.lower() for m in PeftType.__members__} | set(_ALIASES))
+    if name not in PeftType.__members__:
+        raise HftlError(f"Recipe key 'peft.method': unknown method {method!r}; allowed: {', '.join(allowed)}."
+                        f"{did_you_mean(method.lower(), allowed)}")
+    return name
+
+
+def config_class(ptype: str):
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return PEFT_TYPE_TO_CONFIG_MAPPING[ptype]
+
+
+def check_peft_section(section, task: str) -> list[str]:
+    """Problems with the `peft:` section, found before any weights load."""
+    try:
+        ptype = peft_type(section.method)
+    except HftlError as e:
+        return [str(e)]
+    fields = {f.name for f in dataclasses.fields(config_class(ptype)) if f.init} - _MANAGED
+    problems = []
+    for key in section.options():
+        if key not in fields:
+            problems.append(f"Unknown recipe key 'peft.{key}' for method {section.method}.{did_you_mean(key, fields)} "
+                            f"Allowed keys: {', '.join(sorted(fields))}.")
+    if ptype in _PROMPT_METHODS and task != "text-classification":
+        problems.append(f"Recipe key 'peft.method': {section.method} works on token inputs; use it with task "
+                        "text-classification, or pick lora/dora/ia3/loha/lokr for images.")
+    return problems
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+
+
+def default_targets(model: nn.Module, head: list[str]) -> list[str]:
+    """The attention query/value projections, by inspecting the model's linear layers."""
+    from transformers.pytorch_utils import Conv1D
+
+    leaves = {n.split(".")[-1] for n, m in model.named_modules()
+              if isinstance(m, (nn.Linear, Conv1D)) and not any(n == h or n.startswith(h + ".") for h in head)}
+    for names in _QV_NAMES:
+        if all(n in leaves for n in names):
+            return list(names)
+    raise HftlError("Cannot find attention query/value projections to adapt; set peft.target_modules to some of "
+                    f"the model's linear layers: {', '.join(linear_names(model))}.")
+
+
+def build_peft_model(model: nn.Module, section, task_type: str | None, head: list[str]):
+    """Wrap `model` with the adapter the recipe asks for. The task head trains and saves with it."""
+    import peft
+
+    ptype = peft_type(section.method)
+    options = section.options()
+    kwargs = dict(options)
+    if section.method.lower() == "dora":
+        kwargs["use_dora"] = True
+    fields = {f.name for f in dataclasses.fields(config_class(ptype))}
+    if "target_modules" in fields and not kwargs.get("target_modules") and ptype not in _PROMPT_METHODS:
+        kwargs["target_modules"] = default_targets(model, head)
+        if ptype == "IA3" and "feedforward_modules" not in kwargs:
+            kwargs["feedforward_modules"] = []
+    if ptype in _PROMPT_METHODS:
+        kwargs.setdefault("num_virtual_tokens", 10)
+    if "modules_to_save" in fields:
+        kwargs["modules_to_save"] = sorted(set(kwargs.get("modules_to_save") or []) | set(head))
+    if task_type is not None:
+        kwargs["task_type"] = task_type
+    try:
+        config = config_class(ptype)(**kwargs)
+        return peft.get_peft_model(model, config)
+    except (ValueError, TypeError) as e:
+        msg = str(e).replace("\n", " ")
+        if "target" in msg.lower() or "not found" in msg.lower():
+            raise HftlError(f"Recipe key 'peft.target_modules' {kwargs.get('target_modules')!r} matches no layer "
+                            f"({msg[:200]}). Linear layers of this model: {', '.join(linear_names(model))}.") from None
+        raise HftlError(f"Recipe section 'peft' ({section.method}) is rejected by PEFT: {msg}") from None
+
+
+def adapter_summary(model) -> dict:
+    """Method, rank/alpha/targets and trainable counts, for the model card."""
+    cfg = next(iter(model.peft_config.values()))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    keys = ("r", "lora_alpha", "lora_dropout", "use_dora", "target_modules", "feedforward_modules",
+            "modules_to_save", "num_virtual_tokens", "alpha")
+    out = {"method": str(cfg.peft_type.value if hasattr(cfg.peft_type, "value") else cfg.peft_type).lower()}
+    for k in keys:
+        v = getattr(cfg, k, None)
+        if v not in (None, [], set()):
+            out[k] = sorted(v) if isinstance(v, (set, list, tuple)) else v
+    out["trainable_params"] = trainable
+    out["total_params"] = total
+    out["trainable_percent"] = round(100 * trainable / max(total, 1), 4)
+    return out

@@ -1,0 +1,153 @@
+"""Load the recipe's data into train/validation `datasets.Dataset`s with integer labels.
+
+Sources (as in the transformers example scripts): image folders, csv/json/jsonl/parquet files,
+`datasets.save_to_disk` folders, Hub dataset ids, and `zoo:` aliases. A seeded `train_val_split`
+makes a validation set when there is none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hftl import zoo
+from hftl.errors import HftlError, did_you_mean
+from hftl.recipe import DataSection
+
+_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Splits:
+    train: object  # datasets.Dataset
+    validation: object
+    label_names: list[str]
+
+
+def _file_loader(path: str, key: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise HftlError(f"Recipe key 'data.{key}': file '{path}' does not exist.")
+    if p.stat().st_size == 0:
+        raise HftlError(f"Recipe key 'data.{key}': file '{path}' is empty.")
+    loader = _FILE_LOADERS.get(p.suffix.lower())
+    if loader is None:
+        raise HftlError(f"Recipe key 'data.{key}': '{path}' has extension '{p.suffix}'; allowed: {', '.join(_FILE_LOADERS)}.")
+    return loader
+
+
+def _check_dir(path: str, key: str) -> None:
+    p = Path(path)
+    if not p.is_dir():
+        raise HftlError(f"Recipe key 'data.{key}': folder '{path}' does not exist (expected <label>/<image> files).")
+    if not any(p.iterdir()):
+        raise HftlError(f"Recipe key 'data.{key}': folder '{path}' is empty (expected <label>/<image> files).")
+
+
+def _load_raw(data: DataSection):
+    import datasets
+
+    try:
+        if data.train_dir:
+            _check_dir(data.train_dir, "train_dir")
+            files = {"train": str(Path(data.train_dir) / "**")}
+            if data.validation_dir:
+                _check_dir(data.validation_dir, "validation_dir")
+                files["validation"] = str(Path(data.validation_dir) / "**")
+            return datasets.load_dataset("imagefolder", data_files=files)
+        if data.train_file:
+            loader = _file_loader(data.train_file, "train_file")
+            files = {"train": data.train_file}
+            if data.validation_file:
+                if _file_loader(data.validation_file, "validation_file") != loader:
+                    raise HftlError("Recipe keys 'data.train_file' and 'data.validation_file' must have the same format.")
+                files["validation"] = data.validation_file
+            return datasets.load_dataset(loader, data_files=files)
+        name = data.dataset_name
+        if name.startswith(zoo.PREFIX):
+            return zoo.load_dataset(name, data.dataset_config_name)
+        if Path(name).is_dir() and any((Path(name) / f).exists() for f in ("dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(name)
+            return ds if isinstance(ds, datasets.DatasetDict) else datasets.DatasetDict(train=ds)
+        return datasets.load_dataset(name, data.dataset_config_name)
+    except HftlError:
+        raise
+    except Exception as e:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, ValueError ...)
+        source = data.train_dir or data.train_file or data.dataset_name
+        key = "train_dir" if data.train_dir else "train_file" if data.train_file else "dataset_name"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HftlError(f"Recipe key 'data.{key}': could not load '{source}': {msg}") from None
+
+
+def load_splits(data: DataSection, seed: int) -> Splits:
+    raw = _load_raw(data)
+    if data.train_split_name not in raw:
+        raise HftlError(
+            f"Recipe key 'data.train_split_name': split '{data.train_split_name}' not found; the dataset has: "
+            f"{', '.join(raw)}.{did_you_mean(data.train_split_name, raw)}"
+        )
+    train = raw[data.train_split_name]
+    label = data.label_column_name
+    if label not in train.column_names:
+        raise HftlError(
+            f"Recipe key 'data.label_column_name': column '{label}' not in the data; columns are: "
+            f"{', '.join(train.column_names)}.{did_you_mean(label, train.column_names)}"
+        )
+    val_name = data.validation_split_name
+    if val_name is not None and val_name not in raw:
+        raise HftlError(
+            f"Recipe key 'data.validation_split_name': split '{val_name}' not found; the dataset has: {', '.join(raw)}."
+        )
+    val_name = val_name or next((s for s in ("validation", "test") if s in raw and s != data.train_split_name), None)
+    if len(train) == 0:
+        raise HftlError("The training data is empty (data source has no rows).")
+    train, names = _encode_labels(train, label, None)
+    if val_name is not None:
+        validation, _ = _encode_labels(raw[val_name], label, names)
+    else:
+        stratify = label if len(train) >= 2 * len(names) / data.train_val_split else None
+        try:
+            parts = train.train_test_split(test_size=data.train_val_split, seed=seed, stratify_by_column=stratify)
+        except ValueError:
+            parts = train.train_test_split(test_size=data.train_val_split, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    if data.max_train_samples is not None:
+        train = train.shuffle(seed=seed).select(range(min(data.max_train_samples, len(train))))
+    if data.max_eval_samples is not None:
+        validation = validation.select(range(min(data.max_eval_samples, len(validation))))
+    if label != "labels":
+        train, validation = train.rename_column(label, "labels"), validation.rename_column(label, "labels")
+    return Splits(train, validation, names)
+
+
+def _encode_labels(ds, column: str, names: list[str] | None):
+    """Strings or ints -> ClassLabel ids. `names` given: the validation set must use the same labels."""
+    from datasets import ClassLabel
+
+    feature = ds.features[column]
+    if isinstance(feature, ClassLabel):
+        if names is not None and feature.names != names:
+            raise HftlError(f"The validation labels {feature.names} differ from the training labels {names}.")
+        if names is None and len(feature.names) < 2:
+            raise HftlError(f"Column '{column}' has a single class ({feature.names}); classification needs at least 2.")
+        return ds, feature.names
+    values = ds[column]
+    if any(v is None for v in values):
+        row = values.index(None)
+        raise HftlError(f"Column '{column}' (data.label_column_name) has an empty label at row {row}.")
+    if not all(isinstance(v, (str, int, bool)) for v in values):
+        bad = next(v for v in values if not isinstance(v, (str, int, bool)))
+        raise HftlError(f"Column '{column}' (data.label_column_name) must hold strings or integers, found {bad!r}.")
+    if names is None:
+        uniq = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+        names = [str(v) for v in uniq]
+        if len(names) < 2:
+            raise HftlError(f"Column '{column}' has a single class ({names[0]!r}); classification needs at least 2.")
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise HftlError(f"The validation labels {unknown} do not occur in the training data (labels: {names}).")
+    features = ds.features.copy()
+    features[column] = ClassLabel(names=names)
+    ds = ds.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True, features=features)
+    return ds, names

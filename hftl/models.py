@@ -1,0 +1,56 @@
+"""Build the pretrained model (transformers or timm via TimmWrapper) with a head for the data's labels."""
+
+from __future__ import annotations
+
+import logging
+
+from hftl import zoo
+from hftl.errors import HftlError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_path(model_section) -> str:
+    return zoo.resolve_model(model_section.model_name_or_path)
+
+
+def _load_error(path: str, e: Exception) -> HftlError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return HftlError(
+        f"Recipe key 'model.model_name_or_path': cannot load '{path}': {msg}. Give a local checkpoint folder, a zoo "
+        "alias (zoo:minilm-l6), or a Hub id on a machine that can reach the Hub (HF_HUB_OFFLINE is "
+        "set on air-gapped machines)."
+    )
+
+
+def load_processor(task, model_section):
+    path = resolve_path(model_section)
+    try:
+        return task.load_processor(model_section, path)
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from None
+
+
+def build_model(task, model_section, label_names: list[str]):
+    """Auto*From<task> with num_labels / id2label / label2id from the data; a mismatched head is replaced."""
+    from transformers import AutoConfig
+
+    path = resolve_path(model_section)
+    common = dict(revision=model_section.revision, trust_remote_code=model_section.trust_remote_code,
+                  cache_dir=model_section.cache_dir)
+    id2label = dict(enumerate(label_names))
+    try:
+        config = AutoConfig.from_pretrained(
+            model_section.config_name or path, num_labels=len(label_names), id2label=id2label,
+            label2id={v: k for k, v in id2label.items()}, **common)
+        if getattr(config, "pad_token_id", 0) is None and getattr(config, "eos_token_id", None) is not None:
+            config.pad_token_id = config.eos_token_id  # GPT-style models classify the last non-pad token
+        model, info = task.AUTO_MODEL.from_pretrained(
+            path, config=config, ignore_mismatched_sizes=model_section.ignore_mismatched_sizes,
+            output_loading_info=True, **common)
+    except (OSError, ValueError, KeyError) as e:
+        raise _load_error(path, e) from None
+    new = sorted(set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])})
+    if new:
+        logger.info("newly initialised (not in the checkpoint): %s", ", ".join(new[:10]) + (" ..." if len(new) > 10 else ""))
+    return model

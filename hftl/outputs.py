@@ -1,0 +1,115 @@
+"""What a run leaves in its output dir besides the Trainer's checkpoints: metrics, curves, plan, model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temp file + rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def epoch_curves(log_history: list[dict]) -> dict[str, list]:
+    """Per-epoch train loss (mean of the logged losses in that epoch), eval loss and eval accuracy."""
+    train: dict[int, list[float]] = {}
+    evals = []
+    for entry in log_history:
+        if "loss" in entry and "epoch" in entry:
+            train.setdefault(max(0, int(round(entry["epoch"] + 0.4999)) - 1), []).append(entry["loss"])
+        if "eval_loss" in entry:
+            evals.append(entry)
+    return {
+        "train_epoch": [e + 1 for e in sorted(train)],
+        "train_loss": [sum(train[e]) / len(train[e]) for e in sorted(train)],
+        "eval_epoch": [round(e.get("epoch", i + 1), 3) for i, e in enumerate(evals)],
+        "eval_loss": [e["eval_loss"] for e in evals],
+        "eval_accuracy": [e.get("eval_accuracy") for e in evals],
+    }
+
+
+def plot_curves(log_history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = epoch_curves(log_history)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    if c["train_loss"]:
+        ax1.plot(c["train_epoch"], c["train_loss"], "o-", label="train loss")
+    if c["eval_loss"]:
+        ax1.plot(c["eval_epoch"], c["eval_loss"], "s-", label="eval loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    acc = [(e, a) for e, a in zip(c["eval_epoch"], c["eval_accuracy"]) if a is not None]
+    if acc:
+        ax2.plot([e for e, _ in acc], [a for _, a in acc], "s-", color="tab:green", label="eval accuracy")
+        ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def model_card(recipe, metrics: dict, plan_table: str, preprocessing: str, label_names: list[str],
+               adapter: dict | None, n_train: int, n_eval: int) -> str:
+    base = recipe.model.model_name_or_path
+    lines = [
+        "---",
+        "library_name: " + ("peft" if adapter else "transformers"),
+        f"base_model: {base}" if not base.startswith("zoo:") else f"# base_model: {base} (hftl offline zoo alias)",
+        "tags: [hftl, transfer-learning, " + recipe.task + "]",
+        "---",
+        "",
+        f"# {recipe.output_dir.name}",
+        "",
+        f"Fine-tuned from `{base}` for **{recipe.task}** with [hftl](https://github.com/) "
+        f"({'PEFT ' + adapter['method'] if adapter else 'strategy: ' + (recipe.strategy.preset or 'custom')}).",
+        "",
+        "## Data",
+        "",
+        f"- source: `{recipe.data.dataset_name or recipe.data.train_dir or recipe.data.train_file}`"
+        + (f" (config `{recipe.data.dataset_config_name}`)" if recipe.data.dataset_config_name else ""),
+        f"- train examples: {n_train}, evaluation examples: {n_eval}",
+        f"- labels ({len(label_names)}): {', '.join(label_names)}",
+        f"- preprocessing: {preprocessing}",
+        "",
+        "## Results",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+    ]
+    for k, v in sorted(metrics.items()):
+        if isinstance(v, (int, float)):
+            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if adapter:
+        lines += ["", "## Adapter", "", "| setting | value |", "|---|---|"]
+        for k, v in adapter.items():
+            lines.append(f"| {k} | {', '.join(map(str, v)) if isinstance(v, list) else v} |")
+    lines += ["", "## Transfer strategy", "", plan_table, "", "## Training", "",
+              "| argument | value |", "|---|---|"]
+    for k, v in sorted(recipe.training.items()):
+        lines.append(f"| {k} | {v} |")
+    lines += ["", "Reproduce with `hftl train recipe.yaml` (the resolved recipe saved beside this card).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""One recipe, one flow: load -> data -> model -> strategy -> Trainer -> train -> evaluate -> outputs -> Hub."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hftl.errors import HftlError
+from hftl.recipe import Recipe, load_recipe
+
+logger = logging.getLogger("hftl")
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    trainer: Any
+    metrics: dict
+    output_dir: Path
+    plan: Any = None
+    label_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Setup:
+    """Everything built from a recipe before training starts (also what `hftl plan` shows)."""
+
+    recipe: Recipe
+    task: Any
+    splits: Any
+    processor: Any
+    model: Any
+    args: Any
+    plan: Any
+    train_dataset: Any = None
+    eval_dataset: Any = None
+    collator: Any = None
+
+
+def _resume_path(recipe: Recipe) -> str | None:
+    value = recipe.training.get("resume_from_checkpoint")
+    if value in (None, False):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = recipe.output_dir
+    if value is True:
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if last is None:
+            raise HftlError(f"Recipe key 'training.resume_from_checkpoint' is true but '{out}' holds no checkpoint-* folder.")
+        return last
+    path = Path(str(value))
+    if not path.is_dir():
+        raise HftlError(f"Recipe key 'training.resume_from_checkpoint': '{value}' is not a checkpoint folder.")
+    if not (path / "trainer_state.json").is_file():
+        raise HftlError(f"Recipe key 'training.resume_from_checkpoint': '{value}' is not a complete checkpoint "
+                        "(no trainer_state.json): it may be partial or corrupt; resume from an earlier checkpoint-*.")
+    return str(path)
+
+
+def _check_output_dir(recipe: Recipe, resuming: bool) -> None:
+    out = recipe.output_dir
+    if out.exists() and not out.is_dir():
+        raise HftlError(f"Recipe key 'training.output_dir': '{out}' exists and is a file, not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not (recipe.overwrite_output_dir or resuming):
+        raise HftlError(
+            f"Recipe key 'training.output_dir': '{out}' is not empty. Choose another folder, set "
+            "overwrite_output_dir: true, or resume with training.resume_from_checkpoint: true.")
+
+
+def setup(recipe: Recipe) -> Setup:
+    """Build data, model and strategy. Writes nothing."""
+    from transformers import TrainingArguments, set_seed
+
+    from hftl import models
+    from hftl.adapters import build_peft_model
+    from hftl.data import load_splits
+    from hftl.hooks import find_head
+    from hftl.strategy import apply_reinit, plan_strategy
+    from hftl.tasks import get_task
+
+    set_seed(recipe.seed)
+    task = get_task(recipe.task)
+    splits = load_splits(recipe.data, recipe.seed)
+    processor = models.load_processor(task, recipe.model)
+    model = models.build_model(task, recipe.model, splits.label_names)
+    apply_reinit(model, recipe.strategy)
+    if recipe.peft is not None:
+        model = build_peft_model(model, recipe.peft, task.PEFT_TASK_TYPE, find_head(model))
+    training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
+    args = TrainingArguments(**training)
+    plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
+    train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
+    return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator)
+
+
+def plan(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> str:
+    """The plan table for a recipe (what `hftl plan` / `hftl train --dry-run` print)."""
+    recipe = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
+    return setup(recipe).plan.table()
+
+
+def train(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> TrainResult:
+    """Run a recipe end to end and return the model, trainer, metrics and output dir."""
+    recipe = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
+    resume = _resume_path(recipe)
+    _check_output_dir(recipe, resume is not None)
+    out = recipe.output_dir
+    created = not out.exists()
+    try:
+        s = setup(recipe)
+        trainer = _make_trainer(s)
+    except BaseException:
+        # Never leave a half-written output dir behind for a run that did not start.
+        if created and out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate()
+    metrics = {k: v for k, v in metrics.items()}
+    metrics["train_runtime"] = trainer.state.log_history[-2].get("train_runtime") if len(trainer.state.log_history) > 1 else None
+    if trainer.is_world_process_zero():
+        _write_outputs(s, trainer, metrics)
+    trainer.accelerator.wait_for_everyone()
+    if recipe.hub.push and trainer.is_world_process_zero():
+        from hftl.hub import push_output_dir
+
+        push_output_dir(out, recipe.hub)
+    return TrainResult(s.model, trainer, metrics, out, s.plan, s.splits.label_names)
+
+
+def _make_trainer(s: Setup):
+    from hftl.metrics import classification_metrics
+    from hftl.trainer import HftlTrainer
+
+    return HftlTrainer(
+        model=s.model, args=s.args, train_dataset=s.train_dataset, eval_dataset=s.eval_dataset,
+        data_collator=s.collator, processing_class=s.processor, compute_metrics=classification_metrics,
+        callbacks=s.plan.callbacks, plan=s.plan, lr_spec=s.recipe.strategy.discriminative_lr)
+
+
+def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
+    from hftl import outputs
+    from hftl.adapters import adapter_summary
+
+    out = s.recipe.output_dir
+    trainer.save_model(str(out))  # adapter (+ head) for PEFT runs, the full model otherwise; safetensors
+    adapter = adapter_summary(s.model) if s.recipe.peft is not None else None
+    if s.recipe.peft is not None and s.recipe.peft.merge:
+        from hftl.export import merge_adapter
+
+        merge_adapter(s.model, s.processor, out / "merged")
+    table = s.plan.table()
+    outputs.write_text(out / "recipe.yaml", s.recipe.to_yaml())
+    outputs.write_json(out / "metrics.json", metrics)
+    outputs.write_text(out / "plan.md", table + "\n")
+    outputs.write_json(out / "labels.json", s.splits.label_names)
+    outputs.plot_curves(trainer.state.log_history, out / "curves.png", f"{s.recipe.task}: {s.recipe.model.model_name_or_path}")
+    card = outputs.model_card(
+        s.recipe, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
+        adapter, len(s.train_dataset), len(s.eval_dataset))
+    outputs.write_text(out / "README.md", card)
+    logger.info("outputs written to %s", out)
+
+
+def load_model(output_dir: str | Path):
+    """Rebuild a trained model from an output dir: the full model, or base + adapter for PEFT runs."""
+    from hftl import models
+    from hftl.tasks import get_task
+
+    out = Path(output_dir)
+    if not (out / "recipe.yaml").is_file():
+        raise HftlError(f"'{out}' is not an hftl output dir (no recipe.yaml).")
+    recipe = load_recipe(out / "recipe.yaml")
+    task = get_task(recipe.task)
+    if (out / "adapter_config.json").is_file():
+        import json
+
+        from peft import PeftModel
+
+        labels = json.loads((out / "labels.json").read_text())
+        base = models.build_model(task, recipe.model, labels)
+        model = PeftModel.from_pretrained(base, str(out))
+    else:
+        model = task.AUTO_MODEL.from_pretrained(str(out))
+    return model.eval()

@@ -1,0 +1,475 @@
+"""The recipe: YAML safe-load, dotted overrides, a typed (pydantic v2) schema and clear errors.
+
+Only this module reads YAML. Every other module gets a validated, frozen `Recipe`.
+Names follow the transformers example scripts (ModelArguments / DataTrainingArguments) and
+`training:` is passed to `transformers.TrainingArguments` as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hftl.errors import RecipeError, did_you_mean, unknown_key
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+TASKS = ("image-classification", "text-classification")
+PRESETS = ("feature_extraction", "partial", "full")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------- model / data
+
+
+class ModelSection(Section):
+    model_name_or_path: str = Field(description="Hub id, local folder, `timm/<name>` or `zoo:<alias>`.")
+    revision: str = Field("main", description="Branch, tag or commit of the checkpoint.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless you trust it.")
+    ignore_mismatched_sizes: bool = Field(True, description="Replace a pretrained head whose size differs from the labels.")
+    config_name: str | None = Field(None, description="Config to use instead of the checkpoint's.")
+    tokenizer_name: str | None = Field(None, description="Tokenizer to use instead of the checkpoint's.")
+    image_processor_name: str | None = Field(None, description="Image processor to use instead of the checkpoint's.")
+    cache_dir: str | None = Field(None, description="Where downloaded checkpoints are cached.")
+
+
+class AugmentSection(Section):
+    random_resized_crop: bool = Field(True, description="RandomResizedCrop to the model's input size (else resize + center crop).")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="Area range of RandomResizedCrop.")
+    horizontal_flip: bool = Field(True, description="Random horizontal flip.")
+    color_jitter: float = Field(0.0, ge=0.0, description="Brightness/contrast/saturation jitter strength (0 = off).")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v):
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("must be two numbers 0 < low <= high <= 1")
+        return v
+
+
+class DataSection(Section):
+    dataset_name: str | None = Field(None, description="Hub dataset id, `datasets.save_to_disk` folder, or `zoo:<alias>`.")
+    dataset_config_name: str | None = Field(None, description="Configuration of the dataset.")
+    train_dir: str | None = Field(None, description="Image folder (imagefolder layout: <label>/<file>) for training.")
+    validation_dir: str | None = Field(None, description="Image folder for evaluation.")
+    train_file: str | None = Field(None, description="csv / json / jsonl / parquet file for training.")
+    validation_file: str | None = Field(None, description="csv / json / jsonl / parquet file for evaluation.")
+    train_split_name: str = Field("train", description="Split used for training.")
+    validation_split_name: str | None = Field(None, description="Split used for evaluation (default: validation, then test).")
+    train_val_split: float = Field(0.15, gt=0, lt=1, description="Fraction of train held out when there is no validation set.")
+    max_train_samples: PositiveInt | None = Field(None, description="Truncate the training set (after a seeded shuffle).")
+    max_eval_samples: PositiveInt | None = Field(None, description="Truncate the evaluation set.")
+    image_column_name: str = Field("image", description="Column holding the images.")
+    text_column_names: list[str] | None = Field(None, description="Text column(s); two columns make a sentence pair. Default: `sentence`/`text`.")
+    label_column_name: str = Field("label", description="Column holding the labels (strings or ints).")
+    max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated).")
+    augment: AugmentSection = Field(default_factory=AugmentSection, description="Train-time image augmentation; `false` turns it off.")
+
+    @field_validator("text_column_names", mode="before")
+    @classmethod
+    def _comma_list(cls, v):
+        return [c.strip() for c in v.split(",")] if isinstance(v, str) else v
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_off(cls, v):
+        if v is False:
+            return {"random_resized_crop": False, "horizontal_flip": False, "color_jitter": 0.0}
+        return {} if v is True or v is None else v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        sources = [self.dataset_name, self.train_dir, self.train_file]
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(
+                "give exactly one data source: data.dataset_name, data.train_dir (image folders) "
+                "or data.train_file (csv/json/jsonl/parquet)"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- strategy
+
+
+class FreezeSpec(Section):
+    below_depth: NonNegativeInt | None = Field(None, description="Freeze every parameter whose depth is < k.")
+    patterns: list[str] | None = Field(None, description="Freeze parameters whose names match (glob, or regex).")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.below_depth is None) == (self.patterns is None):
+            raise ValueError("give exactly one of below_depth or patterns")
+        return self
+
+
+class LrGroup(Section):
+    name: str
+    patterns: list[str]
+    lr: PositiveFloat
+
+
+class DiscriminativeLR(Section):
+    layer_decay: float | None = Field(None, gt=0, le=1, description="lr(depth) = head_lr * decay ** (head_depth - depth).")
+    head_lr: PositiveFloat | None = Field(None, description="LR of the head (default training.learning_rate).")
+    backbone_lr: PositiveFloat | None = Field(None, description="LR at depth 0; depths in between are geometric.")
+    lr_groups: list[LrGroup] | None = Field(None, description="Explicit groups; unmatched parameters get training.learning_rate.")
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if self.lr_groups is not None and any(v is not None for v in (self.layer_decay, self.head_lr, self.backbone_lr)):
+            raise ValueError("lr_groups cannot be combined with layer_decay/head_lr/backbone_lr")
+        if self.layer_decay is not None and self.backbone_lr is not None:
+            raise ValueError("give layer_decay or backbone_lr, not both")
+        if self.lr_groups is None and all(v is None for v in (self.layer_decay, self.head_lr, self.backbone_lr)):
+            raise ValueError("give layer_decay, head_lr (+ backbone_lr) or lr_groups")
+        return self
+
+
+class GradualUnfreezing(Section):
+    every_epochs: PositiveInt | None = Field(None, description="Unfreeze one more depth group (head down) every N epochs.")
+    every_steps: PositiveInt | None = Field(None, description="Unfreeze one more depth group every N optimizer steps.")
+    schedule: dict[NonNegativeInt, list[int | str]] | None = Field(
+        None, description="{epoch (or step): [depth | 'head' | 'all', ...]}: groups that become trainable then."
+    )
+    by: Literal["epoch", "step"] = Field("epoch", description="Unit of the schedule's keys.")
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        if isinstance(v, dict):
+            return {k: (x if isinstance(x, list) else [x]) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _one(self):
+        if sum(x is not None for x in (self.every_epochs, self.every_steps, self.schedule)) != 1:
+            raise ValueError("give exactly one of every_epochs, every_steps or schedule")
+        return self
+
+
+class Reinit(Section):
+    from_depth: NonNegativeInt | None = Field(None, description="Re-initialise every block at depth >= k (not the head).")
+    patterns: list[str] | None = Field(None, description="Re-initialise modules whose names match.")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.from_depth is None) == (self.patterns is None):
+            raise ValueError("give exactly one of from_depth or patterns")
+        return self
+
+
+class LayerMapOverride(Section):
+    blocks: str = Field(description=r"Regex whose first group numbers the blocks, e.g. 'encoder\.layer\.(\d+)\.'.")
+    head: list[str] | None = Field(None, description="Patterns of the task head's parameters.")
+
+
+class StrategySection(Section):
+    preset: Literal["feature_extraction", "partial", "full"] | None = Field(
+        None, description="feature_extraction (frozen backbone), partial (lower half frozen) or full."
+    )
+    freeze: Literal["none", "backbone"] | FreezeSpec | None = Field(None, description="What starts (and stays) frozen.")
+    unfreeze: list[str] = Field(default_factory=list, description="Patterns kept trainable whatever `freeze` says.")
+    freeze_batchnorm: bool | None = Field(
+        None, description="Keep every BatchNorm in eval mode. Default: only in frozen layers (always)."
+    )
+    discriminative_lr: DiscriminativeLR | None = None
+    gradual_unfreezing: GradualUnfreezing | None = None
+    reinit: Reinit | None = None
+    layer_map: LayerMapOverride | None = Field(None, description="Override the automatic layer map.")
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset(cls, v):
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; allowed: {', '.join(PRESETS)}.{did_you_mean(v, PRESETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _apply_preset(self):
+        # A preset only fills what the recipe left unset, so explicit keys always win. `partial` leaves
+        # `freeze` unset: the lower half of the blocks is resolved against the layer map at build time.
+        defaults = {
+            "feature_extraction": {"freeze": "backbone", "freeze_batchnorm": True},
+            "full": {"freeze": "none", "freeze_batchnorm": False},
+        }.get(self.preset, {})
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+        if self.freeze is None and self.preset != "partial":
+            object.__setattr__(self, "freeze", "none")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- peft / hub
+
+
+class PeftSection(BaseModel):
+    """`method` plus the PEFT config class's own keys (checked against that class when the recipe loads)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    method: str = Field(description="lora, dora, ia3, loha, lokr, prefix_tuning, prompt_tuning or any PeftType.")
+    merge: bool = Field(False, description="Also write the base model with the adapter merged in (merged/).")
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class HubSection(Section):
+    push: bool = Field(False, description="Push the result to the Hub when training ends.")
+    repo_id: str | None = Field(None, description="user/name of the Hub repo.")
+    private: bool = Field(True, description="Create the repo private.")
+    revision: str | None = Field(None, description="Branch to push to (created if missing).")
+    commit_message: str = Field("Upload with hftl", description="Commit message.")
+    upload: Literal["adapter", "merged", "both"] = Field("adapter", description="What to push for PEFT runs.")
+
+    @model_validator(mode="after")
+    def _repo(self):
+        if self.push and not self.repo_id:
+            raise ValueError("hub.push is true but hub.repo_id is missing (e.g. repo_id: you/my-model)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- recipe
+
+
+class Recipe(Section):
+    task: str = Field(description=f"One of: {', '.join(TASKS)}.")
+    model: ModelSection
+    data: DataSection
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    peft: PeftSection | None = None
+    training: dict[str, Any] = Field(default_factory=dict, description="transformers.TrainingArguments, verbatim.")
+    hub: HubSection = Field(default_factory=HubSection)
+    seed: int = Field(42, description="Seed for data splits, head init and training.")
+    overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty training.output_dir.")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v):
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(TASKS)}.{did_you_mean(v, TASKS)}")
+        return v
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=3e-4` -> (['training', 'learning_rate'], 0.0003): values are typed like YAML."""
+    if "=" not in text:
+        raise RecipeError(f"Override '{text}' is not of the form dotted.key=value (e.g. training.learning_rate=3e-4).")
+    key, _, raw = text.partition("=")
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"Override '{text}' has an empty key; use dotted.key=value.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    data = dict(data)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[k] = child
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        hint = " It is a directory." if path.is_dir() else ""
+        raise RecipeError(f"Recipe file '{path}' does not exist or is not a file.{hint}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as e:
+        raise RecipeError(
+            f"Recipe '{path}' uses a YAML tag that safe loading refuses ({e.problem}). "
+            "Recipes are plain YAML: mappings, lists, strings, numbers and booleans only."
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"Recipe '{path}' is not valid YAML: {e}".replace("\n", " ")) from None
+    except OSError as e:
+        raise RecipeError(f"Recipe file '{path}' cannot be read: {e.strerror}.") from None
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"Recipe '{path}' must be a YAML mapping with keys task, model, data, ... (got {type(data).__name__})."
+        )
+    return data
+
+
+def _training_fields() -> dict[str, dataclasses.Field]:
+    from transformers import TrainingArguments
+
+    return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _default_training(data: dict, name: str) -> dict:
+    """hftl's defaults for a transfer run; anything the recipe sets wins."""
+    import torch
+
+    training = dict(data)
+    training.setdefault("output_dir", str(Path("outputs") / name))
+    training.setdefault("eval_strategy", "epoch")
+    training.setdefault("save_strategy", training["eval_strategy"] if training["eval_strategy"] != "no" else "epoch")
+    training.setdefault("logging_strategy", "steps")
+    training.setdefault("logging_steps", 10)
+    training.setdefault("save_total_limit", 2)
+    training.setdefault("report_to", "none")
+    # Image transforms run in set_transform and need the raw columns.
+    training.setdefault("remove_unused_columns", False)
+    # Classification losses are per-example means: averaging "tokens" across ranks would multiply the
+    # loss (and gradients) by world_size under DDP (transformers 5.x default).
+    training.setdefault("average_tokens_across_devices", False)
+    # On a CPU-only machine the Trainer joins a multi-process (gloo) group only with use_cpu=True.
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if not has_accelerator:
+        training.setdefault("use_cpu", True)
+    return training
+
+
+def _check_training(training: dict, problems: list[str]) -> None:
+    fields = _training_fields()
+    for key in training:
+        if key not in fields:
+            problems.append(unknown_key(key, "training", fields) + " (training: takes transformers.TrainingArguments names.)")
+    if "overwrite_output_dir" in training and "overwrite_output_dir" not in fields:
+        problems.append("training.overwrite_output_dir does not exist in transformers 5.x: use the top-level key overwrite_output_dir: true.")
+
+
+def _format_validation_error(err: ValidationError, model_cls: type[BaseModel]) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "literal[", "list[", "dict[", "int", "str"))]
+        # pydantic puts the union branch names into loc; keep the recipe path only.
+        loc = [x for x in loc if not x[:1].isupper()]
+        where = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _section_fields(model_cls, loc[:-1])
+            problems.append(unknown_key(loc[-1], ".".join(loc[:-1]), parent))
+        elif e["type"] == "missing":
+            problems.append(f"Recipe key '{where}' is required but missing.")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            problems.append(f"Recipe key '{where}': {msg}{shown}.")
+    # Unions report each branch; keep each message once.
+    return list(dict.fromkeys(problems))
+
+
+def _section_fields(model_cls: type[BaseModel], path: list[str]) -> list[str]:
+    cls = model_cls
+    for part in path:
+        field = cls.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return []
+        cls = inner[0]
+    return list(cls.model_fields)
+
+
+def load_recipe(source: str | os.PathLike | dict | Recipe, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe. Raises `RecipeError` listing every problem found."""
+    if isinstance(source, Recipe):
+        source = source.to_dict()
+    if isinstance(source, dict):
+        data, name = dict(source), "run"
+    else:
+        path = Path(source)
+        data, name = _read_yaml(path), path.stem
+    data = apply_overrides(data, overrides)
+
+    problems: list[str] = []
+    top = set(Recipe.model_fields)
+    for key in data:
+        if key not in top:
+            problems.append(unknown_key(key, "", top))
+    training = data.get("training") or {}
+    if not isinstance(training, dict):
+        problems.append(f"Recipe key 'training' must be a mapping of TrainingArguments names (got {training!r}).")
+        training = {}
+    _check_training(training, problems)
+    data = {k: v for k, v in data.items() if k in top}
+    data["training"] = _default_training(training, name)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        problems += _format_validation_error(err, Recipe)
+        recipe = None
+    if recipe is not None and not problems:
+        problems += _cross_checks(recipe)
+    if problems:
+        where = "" if isinstance(source, dict) else f" '{source}'"
+        raise RecipeError(f"Invalid recipe{where}: " + " ".join(problems))
+    return recipe
+
+
+def _cross_checks(recipe: Recipe) -> list[str]:
+    """Checks that need several sections or other libraries (PEFT config classes, TrainingArguments)."""
+    problems = []
+    if recipe.peft is not None:
+        from hftl.adapters import check_peft_section
+
+        problems += check_peft_section(recipe.peft, recipe.task)
+    problems += _check_training_values(recipe.training)
+    return problems
+
+
+def _check_training_values(training: dict) -> list[str]:
+    """Let TrainingArguments itself judge the values (types, choices, combinations)."""
+    from transformers import TrainingArguments
+
+    fields = _training_fields()
+    problems = []
+    for key, value in training.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key in _NON_NEGATIVE and value < 0:
+            problems.append(f"Recipe key 'training.{key}' must be >= 0 (got {value!r}).")
+        if key in _POSITIVE and isinstance(value, (int, float)) and value <= 0:
+            problems.append(f"Recipe key 'training.{key}' must be > 0 (got {value!r}).")
+    if problems:
+        return problems
+    try:
+        TrainingArguments(**training)
+    except (ValueError, TypeError, KeyError) as e:
+        msg = str(e).strip().replace("\n", " ")
+        problems.append(f"Recipe section 'training' is rejected by TrainingArguments: {msg}")
+    return problems
+
+
+_POSITIVE = {"learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
+             "gradient_accumulation_steps", "logging_steps", "eval_steps", "save_steps"}
+_NON_NEGATIVE = {"weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "save_total_limit",
+                 "dataloader_num_workers", "label_smoothing_factor"}

@@ -1,0 +1,133 @@
+"""Recipe `strategy:` -> the hooks: layer map, what may train, what trains now, schedule, LRs, the plan table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from hftl.errors import HftlError
+from hftl.hooks import (
+    GradualUnfreezing, LayerMap, TrainableSet, build_layer_map, build_stages, depth_lrs, names_from_depth, reinit,
+    select, trainable_names,
+)
+from hftl.hooks.freezing import check_patterns, matches
+from hftl.hooks.layers import strip_wrappers
+from hftl.recipe import FreezeSpec, StrategySection
+
+
+def layer_map_for(model: nn.Module, strategy: StrategySection) -> LayerMap:
+    o = strategy.layer_map
+    return build_layer_map(model, o.blocks if o else None, o.head if o else None)
+
+
+def apply_reinit(model: nn.Module, strategy: StrategySection) -> int:
+    """Re-initialise layers before PEFT wraps the model (LoRA's own init must stay as PEFT made it)."""
+    if strategy.reinit is None:
+        return 0
+    lm = layer_map_for(model, strategy)
+    if strategy.reinit.from_depth is not None:
+        names = names_from_depth(lm, lm.resolve(strategy.reinit.from_depth))
+    else:
+        check_patterns(model, strategy.reinit.patterns, "strategy.reinit.patterns")
+        names = {n for n, _ in model.named_parameters() if matches(n, strategy.reinit.patterns)}
+    return reinit(model, names)
+
+
+@dataclass
+class TransferPlan:
+    layer_map: LayerMap
+    trainable: TrainableSet
+    lrs: list[float]
+    unfreeze_at: dict[int, str]
+    callbacks: list = field(default_factory=list)
+
+    def table(self, current_lrs: dict[int, float] | None = None) -> str:
+        return plan_table(self, current_lrs)
+
+
+def plan_strategy(model: nn.Module, strategy: StrategySection, *, learning_rate: float, distributed: bool) -> TransferPlan:
+    lm = layer_map_for(model, strategy)
+    freeze = strategy.freeze
+    if freeze is None and strategy.preset == "partial":
+        freeze = FreezeSpec(below_depth=lm.num_blocks // 2 + 1)  # embeddings + lower half of the blocks
+    if isinstance(freeze, FreezeSpec) and freeze.patterns:
+        check_patterns(model, freeze.patterns, "strategy.freeze.patterns")
+    if isinstance(freeze, FreezeSpec) and freeze.below_depth is not None and freeze.below_depth > lm.head_depth:
+        raise HftlError(
+            f"Recipe key 'strategy.freeze.below_depth': {freeze.below_depth} is beyond the head; this model has depths "
+            f"0..{lm.head_depth} ({lm.describe()})."
+        )
+    if strategy.unfreeze:
+        check_patterns(model, strategy.unfreeze, "strategy.unfreeze")
+    candidates = select(lm, trainable_names(model), freeze, strategy.unfreeze)
+    if not candidates:
+        raise HftlError(
+            "The strategy leaves no parameter to train (strategy.freeze freezes everything and nothing is unfrozen). "
+            "Use freeze: backbone to keep the head trainable, add strategy.unfreeze patterns, or add a peft: section."
+        )
+    gu = strategy.gradual_unfreezing
+    trainable = TrainableSet(model, lm, candidates, freeze_all_batchnorm=bool(strategy.freeze_batchnorm),
+                             mask_grads=distributed and gu is not None)
+    unfreeze_at = {d: "start" for d in trainable.candidate_depths()}
+    callbacks = []
+    if gu is not None:
+        try:
+            unit, stages = build_stages(lm, trainable.candidate_depths(), gu)
+        except (ValueError, HftlError) as e:
+            raise HftlError(f"Recipe key 'strategy.gradual_unfreezing': {e}") from None
+        unfreeze_at = {}
+        for at, depths in stages:
+            for d in depths:
+                unfreeze_at.setdefault(d, "start" if at == 0 else f"{unit} {at}")
+        trainable.activate_depths(stages[0][1])
+        callbacks.append(GradualUnfreezing(trainable, unit, stages))
+    else:
+        trainable.activate(candidates)
+    lrs = depth_lrs(lm, learning_rate, strategy.discriminative_lr)
+    return TransferPlan(lm, trainable, lrs, unfreeze_at, callbacks)
+
+
+def _modules_at(names: list[str], limit: int = 3) -> str:
+    mods = []
+    for n in names:
+        parts = strip_wrappers(n).split(".")
+        # module path without the parameter (and the adapter internals PEFT adds)
+        for marker in ("lora_A", "lora_B", "base_layer", "modules_to_save", "original_module", "lora_magnitude_vector"):
+            if marker in parts:
+                parts = parts[: parts.index(marker) + 1]
+        m = ".".join(parts[:-1][:4]) or parts[0]
+        if m not in mods:
+            mods.append(m)
+    shown = ", ".join(mods[:limit])
+    return shown + (f", +{len(mods) - limit} more" if len(mods) > limit else "")
+
+
+def plan_table(plan: TransferPlan, current_lrs: dict[int, float] | None = None) -> str:
+    """A markdown table: depth, modules, parameters, trainable now, LR at step 0, when it unfreezes."""
+    lm, ts = plan.layer_map, plan.trainable
+    params = ts.params
+    rows = ["| depth | group | modules | params | trainable | lr (step 0) | unfreezes |",
+            "|---:|---|---|---:|---|---:|---|"]
+    total = trainable_now = 0
+    for d, label in enumerate(lm.labels):
+        names = lm.names_at(d)
+        if not names:
+            continue
+        count = sum(params[n].numel() for n in names)
+        cand = [n for n in names if n in ts.candidates]
+        active = [n for n in names if n in ts.active]
+        total += count
+        trainable_now += sum(params[n].numel() for n in active)
+        if not cand:
+            state = "frozen"
+        elif len(active) == len(cand):
+            state = "yes" if len(cand) == len(names) else f"partly ({sum(params[n].numel() for n in cand):,})"
+        else:
+            state = "not yet"
+        lr = (current_lrs or {}).get(d, plan.lrs[d]) if cand else None
+        rows.append(f"| {d} | {label} | {_modules_at(names)} | {count:,} | {state} | "
+                    f"{'-' if lr is None else f'{lr:.2e}'} | {plan.unfreeze_at.get(d, 'never') if cand else 'never'} |")
+    pct = 100 * trainable_now / max(total, 1)
+    rows.append(f"\nTrainable at step 0: {trainable_now:,} of {total:,} parameters ({pct:.2f}%).")
+    return "\n".join(rows)

@@ -1,0 +1,144 @@
+"""Image classification: any AutoModelForImageClassification checkpoint or timm model (via TimmWrapper).
+
+Preprocessing comes from the checkpoint's own image processor / timm data config (size, mean, std,
+interpolation, crop): never hard-coded. Train-time augmentation from `data.augment`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2 as T
+from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
+
+from hftl.errors import HftlError, did_you_mean
+
+AUTO_MODEL = AutoModelForImageClassification
+PEFT_TASK_TYPE = None
+
+# PIL resample codes -> torchvision interpolation
+_PIL_TO_TV = {0: T.InterpolationMode.NEAREST, 1: T.InterpolationMode.LANCZOS, 2: T.InterpolationMode.BILINEAR,
+              3: T.InterpolationMode.BICUBIC, 4: T.InterpolationMode.BOX, 5: T.InterpolationMode.HAMMING}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: tuple[int, int]
+    resize: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: T.InterpolationMode
+
+
+def load_processor(model_section, path: str):
+    return AutoImageProcessor.from_pretrained(
+        model_section.image_processor_name or path, revision=model_section.revision,
+        trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
+
+
+def _interp(value) -> T.InterpolationMode:
+    if isinstance(value, T.InterpolationMode):
+        return value
+    if isinstance(value, str):
+        return T.InterpolationMode(value.lower())
+    return _PIL_TO_TV.get(int(getattr(value, "value", value)), T.InterpolationMode.BILINEAR)
+
+
+def _get(obj, key):
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def preprocessing_of(processor) -> Preprocessing:
+    """Size, mean, std, interpolation and crop from the processor the checkpoint ships."""
+    cfg = getattr(processor, "data_config", None)
+    if cfg:  # timm (TimmWrapperImageProcessor)
+        h, w = cfg["input_size"][-2:]
+        crop_pct = cfg.get("crop_pct") or 1.0
+        resize = (int(h / crop_pct), int(w / crop_pct))
+        return Preprocessing((h, w), resize, tuple(cfg["mean"]), tuple(cfg["std"]), _interp(cfg.get("interpolation", "bilinear")))
+    size = _get(processor, "crop_size") or _get(processor, "size")
+    if _get(size, "height"):
+        hw = (int(_get(size, "height")), int(_get(size, "width")))
+    elif _get(size, "shortest_edge"):
+        hw = (int(_get(size, "shortest_edge")),) * 2
+    else:
+        raise HftlError(f"Cannot read the input size from {type(processor).__name__} ({size!r}); set model.image_processor_name.")
+    crop_pct = _get(processor, "crop_pct")
+    if _get(processor, "crop_size"):
+        s = _get(processor, "size")
+        edge = _get(s, "shortest_edge") or _get(s, "height")
+        resize = (int(edge),) * 2 if edge else hw
+    elif crop_pct and hw[0] < 384:  # ConvNeXt-style: resize larger, then center-crop
+        resize = (int(hw[0] / crop_pct), int(hw[1] / crop_pct))
+    else:
+        resize = hw
+    mean = tuple(_get(processor, "image_mean") or (0.5, 0.5, 0.5))
+    std = tuple(_get(processor, "image_std") or (0.5, 0.5, 0.5))
+    return Preprocessing(hw, resize, mean, std, _interp(_get(processor, "resample") or 2))
+
+
+def transforms(pre: Preprocessing, augment, train: bool):
+    steps = [T.ToImage()]
+    if train and augment.random_resized_crop:
+        steps.append(T.RandomResizedCrop(pre.size, scale=augment.crop_scale, interpolation=pre.interpolation, antialias=True))
+    else:
+        steps += [T.Resize(pre.resize, interpolation=pre.interpolation, antialias=True), T.CenterCrop(pre.size)]
+    if train and augment.horizontal_flip:
+        steps.append(T.RandomHorizontalFlip())
+    if train and augment.color_jitter:
+        j = augment.color_jitter
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    return T.Compose(steps)
+
+
+def _check_images(ds, column: str, split: str):
+    """Decode every image once before training, so a broken file is named now, not mid-epoch."""
+    from datasets import Image
+    from PIL import Image as PILImage
+
+    raw = ds.cast_column(column, Image(decode=False))
+    for i, item in enumerate(raw[column]):
+        where = item.get("path") or f"{split} row {i}"
+        try:
+            src = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+            with PILImage.open(src) as im:
+                im.load()
+        except Exception as e:
+            raise HftlError(f"Image '{where}' (data.image_column_name '{column}') cannot be decoded: {e}. "
+                            "Remove or replace the file.") from None
+
+
+def prepare(splits, processor, data, model=None):
+    from datasets import Image
+
+    column = data.image_column_name
+    if column not in splits.train.column_names:
+        raise HftlError(
+            f"Recipe key 'data.image_column_name': column '{column}' not in the data; columns are: "
+            f"{', '.join(splits.train.column_names)}.{did_you_mean(column, splits.train.column_names)}")
+    pre = preprocessing_of(processor)
+    out = []
+    for name, ds, train in (("train", splits.train, True), ("validation", splits.validation, False)):
+        if not isinstance(ds.features[column], Image):
+            ds = ds.cast_column(column, Image())  # e.g. file paths in a csv
+        _check_images(ds, column, name)
+        tf = transforms(pre, data.augment, train)
+
+        def apply(batch, tf=tf):
+            return {"pixel_values": [tf(im.convert("RGB")) for im in batch[column]], "labels": batch["labels"]}
+
+        ds = ds.remove_columns([c for c in ds.column_names if c not in (column, "labels")])
+        ds.set_transform(apply)
+        out.append(ds)
+    return out[0], out[1], default_data_collator
+
+
+def describe_preprocessing(processor, data) -> str:
+    p = preprocessing_of(processor)
+    aug = data.augment
+    return (f"resize {p.resize} -> center crop {p.size}, {p.interpolation.value}, mean {p.mean}, std {p.std}; "
+            f"train augmentation: random_resized_crop={aug.random_resized_crop}, horizontal_flip={aug.horizontal_flip}, "
+            f"color_jitter={aug.color_jitter}")

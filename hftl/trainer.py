@@ -1,0 +1,41 @@
+"""`transformers.Trainer` with hftl's optimizer groups and the hooks that must run inside a step.
+
+Three changes, each for a trap the plain Trainer has in transfer learning:
+- the optimizer holds every parameter that may ever train (frozen ones too, grad None), grouped by
+  depth with their own learning rates -- else layers unfrozen later never train;
+- after backward, gradients of layers frozen under DDP are dropped (see hooks/unfreezing.py);
+- classification losses ignore `num_items_in_batch`, so the Trainer must not treat the loss as
+  already normalised (it would then skip the gradient-accumulation division and, with
+  average_tokens_across_devices, multiply the loss by world_size).
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from hftl.hooks import param_groups
+
+
+class HftlTrainer(Trainer):
+    def __init__(self, *args, plan=None, lr_spec=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+        self.lr_spec = lr_spec
+        self.model_accepts_loss_kwargs = False
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.plan is None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        groups = param_groups(
+            model, self.plan.layer_map, self.plan.trainable.candidates, self.args.learning_rate,
+            self.args.weight_decay, set(self.get_decay_parameter_names(model)), self.lr_spec)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.plan is not None:
+            self.plan.trainable.after_backward()
+        return loss

@@ -1,0 +1,163 @@
+"""Shared fixtures: tiny random checkpoints saved to disk and tiny, separable datasets. No network."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HFTL_LOG_LEVEL", "WARNING")
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parents[1]
+POS = ["good", "great", "happy", "love", "nice", "fine"]
+NEG = ["bad", "awful", "sad", "hate", "poor", "ugly"]
+FILLER = ["the", "a", "movie", "was", "it", "this", "day", "food", "really", "so"]
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with a word-level tokenizer, saved like a Hub checkpoint."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    d = tmp_path_factory.mktemp("bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILLER]
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def vit_dir(tmp_path_factory) -> Path:
+    """A 2-layer ViT (hidden 32, 32 px) with its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    d = tmp_path_factory.mktemp("vit")
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                       image_size=32, patch_size=8, num_labels=2)
+    ViTForImageClassification(config).save_pretrained(d)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def resnet_dir(tmp_path_factory) -> Path:
+    """A tiny transformers ResNet (has BatchNorm) with a ConvNeXt-style image processor."""
+    import torch
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    d = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=2)
+    ResNetForImageClassification(config).save_pretrained(d)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(d)
+    return d
+
+
+def make_text_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        words = rng.sample(FILLER, 3) + [rng.choice(POS if positive else NEG)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "pos" if positive else "neg"})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def text_csv(tmp_path_factory) -> tuple[Path, Path]:
+    """Separable sentiment: the label is whether a positive or a negative word occurs."""
+    import csv
+
+    d = tmp_path_factory.mktemp("text")
+    paths = []
+    for name, n, seed in (("train", 64, 0), ("validation", 32, 1)):
+        p = d / f"{name}.csv"
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text", "label"])
+            w.writeheader()
+            w.writerows(make_text_rows(n, seed))
+        paths.append(p)
+    return tuple(paths)
+
+
+def write_image_folder(root: Path, n_per_class: int, seed: int, size: int = 32) -> Path:
+    """Two classes that differ in colour: red-ish vs blue-ish noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, channel in (("red", 0), ("blue", 2)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+            img[..., channel] = rng.integers(160, 255, size=(size, size), dtype=np.uint8)
+            Image.fromarray(img).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("images")
+    return write_image_folder(d / "train", 16, 0), write_image_folder(d / "validation", 8, 1)
+
+
+@pytest.fixture
+def text_recipe(bert_dir, text_csv, tmp_path):
+    def make(**sections):
+        recipe = {
+            "task": "text-classification",
+            "model": {"model_name_or_path": str(bert_dir)},
+            "data": {"train_file": str(text_csv[0]), "validation_file": str(text_csv[1]), "max_seq_length": 16},
+            "training": {"output_dir": str(tmp_path / "out"), "num_train_epochs": 3, "learning_rate": 1e-3,
+                         "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "logging_steps": 2,
+                         "save_strategy": "no", "dataloader_num_workers": 0},
+            "seed": 0,
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+                recipe[key] = {**recipe[key], **value}
+            else:
+                recipe[key] = value
+        return recipe
+
+    return make
+
+
+@pytest.fixture
+def image_recipe(vit_dir, image_dirs, tmp_path):
+    def make(model_dir=None, **sections):
+        recipe = {
+            "task": "image-classification",
+            "model": {"model_name_or_path": str(model_dir or vit_dir)},
+            "data": {"train_dir": str(image_dirs[0]), "validation_dir": str(image_dirs[1]),
+                     "augment": {"random_resized_crop": False}},
+            "training": {"output_dir": str(tmp_path / "out"), "num_train_epochs": 3, "learning_rate": 2e-3,
+                         "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "logging_steps": 2,
+                         "save_strategy": "no", "dataloader_num_workers": 0},
+            "seed": 0,
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+                recipe[key] = {**recipe[key], **value}
+            else:
+                recipe[key] = value
+        return recipe
+
+    return make
