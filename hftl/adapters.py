@@ -15,9 +15,9 @@ from torch import nn
 from hftl.errors import HftlError, did_you_mean
 
 _ALIASES = {"dora": "LORA", "prefix_tuning": "PREFIX_TUNING", "prompt_tuning": "PROMPT_TUNING"}
-_PROMPT_METHODS = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"}
 # hftl fills these itself; a recipe may still set target_modules / modules_to_save.
-_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode"}
+_MANAGED = {"task_type", "peft_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
+            "peft_version"}
 # Attention projections to adapt by default, most specific first (q/v as in the LoRA paper).
 _QV_NAMES = [("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("q", "v"), ("qkv",), ("c_attn",),
              ("query_key_value",), ("Wqkv",)]
@@ -40,6 +40,13 @@ def config_class(ptype: str):
     return PEFT_TYPE_TO_CONFIG_MAPPING[ptype]
 
 
+def is_prompt_learning(ptype: str) -> bool:
+    """Prefix/prompt tuning and kin: virtual tokens in front of the input, no weights to target or merge."""
+    from peft import PromptLearningConfig
+
+    return issubclass(config_class(ptype), PromptLearningConfig)
+
+
 def check_peft_section(section, task: str) -> list[str]:
     """Problems with the `peft:` section, found before any weights load."""
     try:
@@ -52,9 +59,17 @@ def check_peft_section(section, task: str) -> list[str]:
         if key not in fields:
             problems.append(f"Unknown recipe key 'peft.{key}' for method {section.method}.{did_you_mean(key, fields)} "
                             f"Allowed keys: {', '.join(sorted(fields))}.")
-    if ptype in _PROMPT_METHODS and task != "text-classification":
-        problems.append(f"Recipe key 'peft.method': {section.method} works on token inputs; use it with task "
-                        "text-classification, or pick lora/dora/ia3/loha/lokr for images.")
+    if not problems:
+        problem = check_peft_values(section, ptype)
+        if problem:
+            problems.append(problem)
+    if is_prompt_learning(ptype):
+        if task != "text-classification":
+            problems.append(f"Recipe key 'peft.method': {section.method} works on token inputs; use it with task "
+                            "text-classification, or pick lora/dora/ia3/loha/lokr for images.")
+        if section.merge:
+            problems.append(f"Recipe key 'peft.merge': {section.method} learns virtual tokens, not weight updates, so "
+                            "there is nothing to merge into the model; set merge: false (or use lora/dora/ia3/loha/lokr).")
     return problems
 
 
@@ -77,34 +92,55 @@ def default_targets(model: nn.Module, head: list[str]) -> list[str]:
                     f"the model's linear layers: {', '.join(linear_names(model))}.")
 
 
+def _config_kwargs(section, ptype: str) -> dict:
+    """The recipe's PEFT keys plus what the method name implies (the parts that need no model)."""
+    kwargs = dict(section.options())
+    if section.method.lower() == "dora":
+        kwargs["use_dora"] = True
+    if is_prompt_learning(ptype):
+        kwargs.setdefault("num_virtual_tokens", 10)
+    elif ptype == "IA3" and "feedforward_modules" not in kwargs:
+        # PEFT fills feedforward_modules from a per-architecture table that is missing many models (ViT) and
+        # refers to modules hftl may not target: with none given, every target scales its output.
+        kwargs["feedforward_modules"] = []
+    return kwargs
+
+
+def check_peft_values(section, ptype: str) -> str | None:
+    """Let the PEFT config class judge the values (r > 0, known init names, ...) before any weights load."""
+    try:
+        config_class(ptype)(**_config_kwargs(section, ptype))
+    except (ValueError, TypeError) as e:
+        return f"Recipe section 'peft' ({section.method}) is rejected by PEFT: {str(e).strip()}".replace("\n", " ")
+    return None
+
+
 def build_peft_model(model: nn.Module, section, task_type: str | None, head: list[str]):
     """Wrap `model` with the adapter the recipe asks for. The task head trains and saves with it."""
     import peft
 
     ptype = peft_type(section.method)
-    options = section.options()
-    kwargs = dict(options)
-    if section.method.lower() == "dora":
-        kwargs["use_dora"] = True
+    kwargs = _config_kwargs(section, ptype)
     fields = {f.name for f in dataclasses.fields(config_class(ptype))}
-    if "target_modules" in fields and not kwargs.get("target_modules") and ptype not in _PROMPT_METHODS:
+    if "target_modules" in fields and not kwargs.get("target_modules") and not is_prompt_learning(ptype):
         kwargs["target_modules"] = default_targets(model, head)
-        if ptype == "IA3" and "feedforward_modules" not in kwargs:
-            kwargs["feedforward_modules"] = []
-    if ptype in _PROMPT_METHODS:
-        kwargs.setdefault("num_virtual_tokens", 10)
     if "modules_to_save" in fields:
         kwargs["modules_to_save"] = sorted(set(kwargs.get("modules_to_save") or []) | set(head))
     if task_type is not None:
         kwargs["task_type"] = task_type
     try:
         config = config_class(ptype)(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise HftlError(f"Recipe section 'peft' ({section.method}) is rejected by PEFT: {e}".replace("\n", " ")) from None
+    try:
         return peft.get_peft_model(model, config)
     except (ValueError, TypeError) as e:
         msg = str(e).replace("\n", " ")
-        if "target" in msg.lower() or "not found" in msg.lower():
-            raise HftlError(f"Recipe key 'peft.target_modules' {kwargs.get('target_modules')!r} matches no layer "
-                            f"({msg[:200]}). Linear layers of this model: {', '.join(linear_names(model))}.") from None
+        # The two messages PEFT raises when target_modules selects no layer (peft/tuners/tuners_utils.py).
+        if "not found in the base model" in msg or "No modules were targeted" in msg:
+            raise HftlError(f"Recipe key 'peft.target_modules' {kwargs.get('target_modules')!r} matches no layer of "
+                            f"{type(model).__name__}. Its linear layers (names to use in target_modules): "
+                            f"{', '.join(linear_names(model))}.") from None
         raise HftlError(f"Recipe section 'peft' ({section.method}) is rejected by PEFT: {msg}") from None
 
 

@@ -10,7 +10,15 @@ from hftl.errors import HftlError
 
 def merge_adapter(peft_model, processor, target: Path) -> Path:
     """Save base + adapter merged into plain weights. Works on a copy: the trained model stays a PeftModel."""
-    merged = copy.deepcopy(peft_model).merge_and_unload()
+    config = next(iter(peft_model.peft_config.values()))
+    method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+    if config.is_prompt_learning:
+        raise HftlError(f"A {method} adapter learns virtual tokens, not weight updates: there is nothing to merge. "
+                        "Load it with hftl.load_model (PeftModel) instead.")
+    try:
+        merged = copy.deepcopy(peft_model).merge_and_unload()
+    except (ValueError, NotImplementedError) as e:
+        raise HftlError(f"PEFT cannot merge this {method} adapter: {e}".replace("\n", " ")) from None
     target.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(target))
     if processor is not None:

@@ -103,8 +103,10 @@ def plan(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> str
     return setup(recipe).plan.table()
 
 
-def train(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> TrainResult:
-    """Run a recipe end to end and return the model, trainer, metrics and output dir."""
+def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callbacks: list | None = None) -> TrainResult:
+    """Run a recipe end to end and return the model, trainer, metrics and output dir.
+
+    `callbacks`: extra `transformers.TrainerCallback`s (after hftl's own)."""
     recipe = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
     resume = _resume_path(recipe)
     _check_output_dir(recipe, resume is not None)
@@ -113,6 +115,8 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> Tr
     try:
         s = setup(recipe)
         trainer = _make_trainer(s)
+        for cb in callbacks or []:
+            trainer.add_callback(cb)
     except BaseException:
         # Never leave a half-written output dir behind for a run that did not start.
         if created and out.exists():

@@ -20,7 +20,8 @@ _REGEX_CHARS = set("^$()+\\|{")
 
 
 def is_regex(pattern: str) -> bool:
-    return bool(_REGEX_CHARS & set(pattern)) or ".*" in pattern
+    """Globs are the default ('*.layer.0.*'); a pattern with ^ $ ( ) + \\ | { is a regex (searched)."""
+    return bool(_REGEX_CHARS & set(pattern))
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
