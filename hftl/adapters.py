@@ -147,15 +147,16 @@ def build_peft_model(model: nn.Module, section, task_type: str | None, head: lis
 def adapter_summary(model) -> dict:
     """Method, rank/alpha/targets and trainable counts, for the model card."""
     cfg = next(iter(model.peft_config.values()))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # PEFT's own count (the same numbers print_trainable_parameters shows).
+    trainable, total = model.get_nb_trainable_parameters()
     keys = ("r", "lora_alpha", "lora_dropout", "use_dora", "target_modules", "feedforward_modules",
             "modules_to_save", "num_virtual_tokens", "alpha")
     out = {"method": str(cfg.peft_type.value if hasattr(cfg.peft_type, "value") else cfg.peft_type).lower()}
     for k in keys:
         v = getattr(cfg, k, None)
         if v not in (None, [], set()):
-            out[k] = sorted(v) if isinstance(v, (set, list, tuple)) else v
+            # PEFT appends its own SEQ_CLS head names to modules_to_save, so names can repeat.
+            out[k] = sorted(set(v)) if isinstance(v, (set, list, tuple)) else v
     out["trainable_params"] = trainable
     out["total_params"] = total
     out["trainable_percent"] = round(100 * trainable / max(total, 1), 4)

@@ -49,6 +49,9 @@ def _run(args) -> int:
         if result.trainer.is_world_process_zero():
             shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float) and k.startswith("eval_")}
             print(f"done: {result.output_dir}  {shown}")
+        # Tear the process group down before exit: gloo ranks otherwise sometimes abort at
+        # interpreter shutdown (pytorch/pytorch#179291) and the run exits non-zero.
+        result.trainer.accelerator.end_training()
         return 0
     if args.command == "export":
         from hftl.export import export_merged

@@ -26,6 +26,8 @@ class Splits:
 
 def _file_loader(path: str, key: str) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise HftlError(f"Recipe key 'data.{key}': '{path}' is a folder, not a file (for image folders use data.train_dir).")
     if not p.is_file():
         raise HftlError(f"Recipe key 'data.{key}': file '{path}' does not exist.")
     if p.stat().st_size == 0:
@@ -33,6 +35,11 @@ def _file_loader(path: str, key: str) -> str:
     loader = _FILE_LOADERS.get(p.suffix.lower())
     if loader is None:
         raise HftlError(f"Recipe key 'data.{key}': '{path}' has extension '{p.suffix}'; allowed: {', '.join(_FILE_LOADERS)}.")
+    if loader == "csv":
+        with open(p, "rb") as f:
+            head = f.read(1 << 16)
+        if len(head) < 1 << 16 and len([line for line in head.splitlines() if line.strip()]) < 2:
+            raise HftlError(f"Recipe key 'data.{key}': file '{path}' has a header but no rows.")
     return loader
 
 
@@ -54,7 +61,7 @@ def _load_raw(data: DataSection):
             if data.validation_dir:
                 _check_dir(data.validation_dir, "validation_dir")
                 files["validation"] = str(Path(data.validation_dir) / "**")
-            return datasets.load_dataset("imagefolder", data_files=files)
+            return datasets.load_dataset("imagefolder", data_files=files, drop_labels=False)
         if data.train_file:
             loader = _file_loader(data.train_file, "train_file")
             files = {"train": data.train_file}
@@ -75,6 +82,8 @@ def _load_raw(data: DataSection):
     except Exception as e:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, ValueError ...)
         source = data.train_dir or data.train_file or data.dataset_name
         key = "train_dir" if data.train_dir else "train_file" if data.train_file else "dataset_name"
+        if type(e).__name__ == "DatasetGenerationError" and e.__cause__ is not None:
+            e = e.__cause__  # "An error occurred while generating the dataset": the cause says what
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HftlError(f"Recipe key 'data.{key}': could not load '{source}': {msg}") from None
 
@@ -100,7 +109,8 @@ def load_splits(data: DataSection, seed: int) -> Splits:
         )
     val_name = val_name or next((s for s in ("validation", "test") if s in raw and s != data.train_split_name), None)
     if len(train) == 0:
-        raise HftlError("The training data is empty (data source has no rows).")
+        source = data.train_dir or data.train_file or data.dataset_name
+        raise HftlError(f"The training data '{source}' (split '{data.train_split_name}') has no rows.")
     train, names = _encode_labels(train, label, None)
     if val_name is not None:
         validation, _ = _encode_labels(raw[val_name], label, names)
@@ -127,26 +137,30 @@ def _encode_labels(ds, column: str, names: list[str] | None):
     feature = ds.features[column]
     if isinstance(feature, ClassLabel):
         if names is not None and feature.names != names:
-            raise HftlError(f"The validation labels {feature.names} differ from the training labels {names}.")
+            raise HftlError(f"Recipe key 'data.label_column_name': the validation labels {feature.names} differ from the "
+                            f"training labels {names}.")
         if names is None and len(feature.names) < 2:
-            raise HftlError(f"Column '{column}' has a single class ({feature.names}); classification needs at least 2.")
+            raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' has a single class {feature.names}; "
+                            "classification needs at least 2 (image folders: one sub-folder per class).")
         return ds, feature.names
     values = ds[column]
     if any(v is None for v in values):
         row = values.index(None)
-        raise HftlError(f"Column '{column}' (data.label_column_name) has an empty label at row {row}.")
+        raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' has an empty label at row {row}.")
     if not all(isinstance(v, (str, int, bool)) for v in values):
         bad = next(v for v in values if not isinstance(v, (str, int, bool)))
-        raise HftlError(f"Column '{column}' (data.label_column_name) must hold strings or integers, found {bad!r}.")
+        raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' must hold strings or integers, found {bad!r}.")
     if names is None:
         uniq = sorted(set(values), key=lambda v: (isinstance(v, str), v))
         names = [str(v) for v in uniq]
         if len(names) < 2:
-            raise HftlError(f"Column '{column}' has a single class ({names[0]!r}); classification needs at least 2.")
+            raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' has a single class ({names[0]!r}); "
+                            "classification needs at least 2.")
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted({str(v) for v in values} - set(index))
     if unknown:
-        raise HftlError(f"The validation labels {unknown} do not occur in the training data (labels: {names}).")
+        raise HftlError(f"Recipe key 'data.label_column_name': the validation labels {unknown} do not occur in the "
+                        f"training data (labels: {names}).")
     features = ds.features.copy()
     features[column] = ClassLabel(names=names)
     ds = ds.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True, features=features)

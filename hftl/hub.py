@@ -2,10 +2,12 @@
 
 The token comes from HF_TOKEN or the usual `hf auth login`; it is never printed, logged or written.
 The push is the last step of a run: a failed push leaves the output dir complete.
+Everything goes up in one commit, so a failed push never leaves the repo half updated.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from pathlib import Path
 
@@ -13,27 +15,71 @@ from hftl.errors import HftlError
 
 logger = logging.getLogger(__name__)
 
-# Checkpoints and run logs stay local; the card, config, weights and processor files go up.
-_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".*", "merged/**", "training_args.bin"]
+# Checkpoints, run logs and the pickled TrainingArguments stay local; card, config, weights, processor go up.
+_IGNORE = ["checkpoint-*", "runs/*", ".*", "*/.*", "training_args.bin"]
+
+
+def _files(folder: Path, skip_merged: bool) -> list[tuple[str, Path]]:
+    """(path relative to `folder`, file) for every file to upload from `folder`."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or any(fnmatch.fnmatch(rel, pat) for pat in _IGNORE):
+            continue
+        if skip_merged and rel.startswith("merged/"):
+            continue
+        out.append((rel, p))
+    return out
+
+
+def _operations(out: Path, upload: str) -> list:
+    """The commit: the adapter at the root, the merged model at the root ("merged") or under merged/ ("both")."""
+    from huggingface_hub import CommitOperationAdd
+
+    is_peft = (out / "adapter_config.json").is_file()
+    if is_peft and upload in ("merged", "both") and not (out / "merged" / "config.json").is_file():
+        raise HftlError(f"hub.upload is '{upload}' but '{out}/merged' holds no merged model: set peft.merge: true "
+                        f"or run `hftl export {out} --merge` first.")
+    if not is_peft or upload == "adapter":
+        return [CommitOperationAdd(rel, str(p)) for rel, p in _files(out, skip_merged=True)]
+    if upload == "both":
+        return [CommitOperationAdd(rel, str(p)) for rel, p in _files(out, skip_merged=False)]
+    # "merged": a plain transformers model at the root; the run's card goes with it, relabelled for the Hub.
+    ops = [CommitOperationAdd(rel, str(p)) for rel, p in _files(out / "merged", skip_merged=False)]
+    if (out / "README.md").is_file() and not (out / "merged" / "README.md").is_file():
+        card = (out / "README.md").read_text(encoding="utf-8").replace("library_name: peft", "library_name: transformers", 1)
+        ops.append(CommitOperationAdd("README.md", card.encode("utf-8")))
+    return ops
+
+
+def _redact(text: str) -> str:
+    """Never let the token reach a message, whatever the error text holds."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return text.replace(token, "<token>") if token else text
 
 
 def _explain(e: Exception, repo_id: str) -> HftlError:
     status = getattr(getattr(e, "response", None), "status_code", None)
     name = type(e).__name__
     if status == 401:
-        why = "the token was refused (401). Set a valid write token in HF_TOKEN or run `hf auth login`."
+        why = ("the token was refused (401 Unauthorized). Set a valid write token in HF_TOKEN or run "
+               "`hf auth login`.")
     elif status == 403:
-        why = f"access denied (403): the token cannot write to '{repo_id}' (owned by someone else, or a read-only token)."
+        why = (f"access denied (403 Forbidden): this token cannot write to '{repo_id}' (it belongs to someone "
+               "else, or the token is read-only). Push to a repo under your own name or organisation.")
     elif status == 404 or name in ("RepositoryNotFoundError", "RevisionNotFoundError"):
         why = "the repo or revision was not found (404)."
     elif "Offline" in name:
         why = "HF_HUB_OFFLINE is set: pushing needs the network. Unset it, then run `hftl push`."
-    elif "Connect" in name or "Timeout" in name or isinstance(e, (ConnectionError, OSError)):
-        why = "the Hub could not be reached (network down?)."
+    elif status is None and ("Connect" in name or "Timeout" in name or isinstance(e, (ConnectionError, OSError))):
+        why = f"the Hub could not be reached ({name}: network down or HF_ENDPOINT wrong?)."
     else:
-        why = f"{name}: {str(e).splitlines()[0] if str(e) else ''}"
-    return HftlError(f"Push to the Hub repo '{repo_id}' failed: {why} The output dir is complete; retry later with "
-                     f"`hftl push <output_dir> --repo-id {repo_id}`.")
+        first = str(e).splitlines()[0] if str(e) else ""
+        why = f"{name}{f' ({status})' if status else ''}: {first}"
+    return HftlError(_redact(f"Push to the Hub repo '{repo_id}' failed: {why} The output dir is complete; retry "
+                             f"later with `hftl push <output_dir> --repo-id {repo_id}`."))
 
 
 def push_output_dir(output_dir: str | Path, hub) -> str:
@@ -43,25 +89,15 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     out = Path(output_dir)
     if not out.is_dir():
         raise HftlError(f"'{out}' is not an output dir.")
-    is_peft = (out / "adapter_config.json").is_file()
-    folders = []
-    if not is_peft or hub.upload in ("adapter", "both"):
-        folders.append((out, ""))
-    if is_peft and hub.upload in ("merged", "both"):
-        if not (out / "merged").is_dir():
-            raise HftlError(f"hub.upload is '{hub.upload}' but '{out}/merged' does not exist: set peft.merge: true "
-                            "or run `hftl export --merge` first.")
-        folders.append((out / "merged", "merged" if hub.upload == "both" else ""))
+    operations = _operations(out, hub.upload)
     api = HfApi()
     try:
+        # create_repo first: the cheapest call, so a bad token or an unreachable Hub fails before any upload.
         url = str(api.create_repo(hub.repo_id, private=hub.private, exist_ok=True))
         if hub.revision:
             api.create_branch(hub.repo_id, branch=hub.revision, exist_ok=True)
-        for folder, in_repo in folders:
-            api.upload_folder(
-                repo_id=hub.repo_id, folder_path=str(folder), path_in_repo=in_repo or None, revision=hub.revision,
-                commit_message=hub.commit_message, ignore_patterns=_IGNORE if folder == out else None)
+        api.create_commit(hub.repo_id, operations, commit_message=hub.commit_message, revision=hub.revision)
     except Exception as e:  # huggingface_hub raises HTTP, connection and offline errors of several types
         raise _explain(e, hub.repo_id) from None
-    logger.info("pushed %s to %s", out, hub.repo_id)
+    logger.info("pushed %s to %s (%d files)", out, hub.repo_id, len(operations))
     return url

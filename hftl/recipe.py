@@ -8,13 +8,16 @@ Names follow the transformers example scripts (ModelArguments / DataTrainingArgu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hftl import zoo
 from hftl.errors import RecipeError, did_you_mean, unknown_key
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -29,6 +32,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _zoo_alias(value: str | None, table: dict, kind: str) -> str | None:
+    """A `zoo:` name must be a known alias: say so at load time, not after the data has loaded."""
+    if isinstance(value, str) and value.startswith(zoo.PREFIX) and value[len(zoo.PREFIX):] not in table:
+        names = [zoo.PREFIX + k for k in table]
+        raise ValueError(f"unknown zoo {kind} {value!r}.{did_you_mean(value, names)} Available: {', '.join(names)}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------------- model / data
 
 
@@ -41,6 +52,11 @@ class ModelSection(Section):
     tokenizer_name: str | None = Field(None, description="Tokenizer to use instead of the checkpoint's.")
     image_processor_name: str | None = Field(None, description="Image processor to use instead of the checkpoint's.")
     cache_dir: str | None = Field(None, description="Where downloaded checkpoints are cached.")
+
+    @field_validator("model_name_or_path")
+    @classmethod
+    def _zoo_model(cls, v):
+        return _zoo_alias(v, zoo.MODELS, "model")
 
 
 class AugmentSection(Section):
@@ -74,6 +90,11 @@ class DataSection(Section):
     label_column_name: str = Field("label", description="Column holding the labels (strings or ints).")
     max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated).")
     augment: AugmentSection = Field(default_factory=AugmentSection, description="Train-time image augmentation; `false` turns it off.")
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _zoo_dataset(cls, v):
+        return _zoo_alias(v, zoo.DATASETS, "dataset")
 
     @field_validator("text_column_names", mode="before")
     @classmethod
@@ -274,6 +295,25 @@ class Recipe(Section):
 # ----------------------------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe loading, plus YAML 1.2 floats: PyYAML (YAML 1.1) reads `3e-4` as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`training.learning_rate=3e-4` -> (['training', 'learning_rate'], 0.0003): values are typed like YAML."""
     if "=" not in text:
@@ -282,7 +322,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise RecipeError(f"Override '{text}' has an empty key; use dotted.key=value.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -302,12 +342,30 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _UniqueKeyLoader(_Loader):
+    """Safe loading that refuses a key given twice in one mapping (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)):
+                if key in seen:
+                    raise _DuplicateKey(problem=f"the key {key!r} appears twice in one mapping", problem_mark=key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         hint = " It is a directory." if path.is_dir() else ""
         raise RecipeError(f"Recipe file '{path}' does not exist or is not a file.{hint}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader
     except yaml.constructor.ConstructorError as e:
         raise RecipeError(
             f"Recipe '{path}' uses a YAML tag that safe loading refuses ({e.problem}). "
@@ -317,6 +375,8 @@ def _read_yaml(path: Path) -> dict:
         raise RecipeError(f"Recipe '{path}' is not valid YAML: {e}".replace("\n", " ")) from None
     except OSError as e:
         raise RecipeError(f"Recipe file '{path}' cannot be read: {e.strerror}.") from None
+    if data is None:
+        raise RecipeError(f"Recipe '{path}' is empty: a recipe needs at least task, model and data.")
     if not isinstance(data, dict):
         raise RecipeError(
             f"Recipe '{path}' must be a YAML mapping with keys task, model, data, ... (got {type(data).__name__})."
@@ -365,11 +425,17 @@ def _check_training(training: dict, problems: list[str]) -> None:
 
 def _format_validation_error(err: ValidationError, model_cls: type[BaseModel]) -> list[str]:
     problems = []
-    for e in err.errors():
-        loc = [str(x) for x in e["loc"] if not str(x).startswith(("function-", "literal[", "list[", "dict[", "int", "str"))]
-        # pydantic puts the union branch names into loc; keep the recipe path only.
-        loc = [x for x in loc if not x[:1].isupper()]
+    errors = err.errors()
+    for e in errors:
+        # pydantic puts the union branch names into loc ('str', "literal['a']", 'function-after[...]', 'FreezeSpec');
+        # keep the recipe path only.
+        e["where"] = [str(x) for x in e["loc"] if not (isinstance(x, str) and (
+            x in ("str", "int", "float", "bool", "none") or x.startswith(_BRANCHES) or x[:1].isupper()))]
+    for e in errors:
+        loc = e["where"]
         where = ".".join(loc) or "(top level)"
+        if _other_branch(e, errors):
+            continue
         if e["type"] == "extra_forbidden":
             parent = _section_fields(model_cls, loc[:-1])
             problems.append(unknown_key(loc[-1], ".".join(loc[:-1]), parent))
@@ -382,6 +448,19 @@ def _format_validation_error(err: ValidationError, model_cls: type[BaseModel]) -
             problems.append(f"Recipe key '{where}': {msg}{shown}.")
     # Unions report each branch; keep each message once.
     return list(dict.fromkeys(problems))
+
+
+_BRANCHES = ("function-", "literal[", "list[", "dict[", "tuple[", "union[", "nullable[")
+
+
+def _other_branch(e: dict, errors: list[dict]) -> bool:
+    """A union error from the branch that does not fit the input's kind (a word for a mapping or vice versa)."""
+    siblings = [x for x in errors if x["where"][: len(e["where"])] == e["where"] and x is not e]
+    if not siblings:
+        return False
+    if isinstance(e.get("input"), dict):
+        return e["type"] == "literal_error"
+    return e["type"] in ("model_type", "dict_type", "model_attributes_type")
 
 
 def _section_fields(model_cls: type[BaseModel], path: list[str]) -> list[str]:
@@ -459,14 +538,71 @@ def _check_training_values(training: dict) -> list[str]:
             problems.append(f"Recipe key 'training.{key}' must be >= 0 (got {value!r}).")
         if key in _POSITIVE and isinstance(value, (int, float)) and value <= 0:
             problems.append(f"Recipe key 'training.{key}' must be > 0 (got {value!r}).")
+        wrong_type = _type_problem(key, value)
+        if wrong_type:
+            problems.append(wrong_type)
     if problems:
         return problems
     try:
-        TrainingArguments(**training)
+        args = TrainingArguments(**training)
+        problems += _check_report_to(args.report_to)
     except (ValueError, TypeError, KeyError) as e:
         msg = str(e).strip().replace("\n", " ")
-        problems.append(f"Recipe section 'training' is rejected by TrainingArguments: {msg}")
+        # Name the key: TrainingArguments' messages quote the bad value or the key, rarely both.
+        named = [k for k, v in training.items()
+                 if re.search(rf"\b{re.escape(k)}\b", msg) or (isinstance(v, str) and f"{v} is not a valid" in msg)]
+        keys = ", ".join(f"'training.{k}'" for k in named)
+        where = f"Recipe key{'s' if len(named) > 1 else ''} {keys}" if named else "Recipe section 'training'"
+        problems.append(f"{where} {'are' if len(named) > 1 else 'is'} rejected by TrainingArguments: {msg}")
     return problems
+
+
+def _check_report_to(report_to: list[str] | None) -> list[str]:
+    """An integration that is not installed would only fail when the Trainer is built, after the model loaded."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    problems = []
+    for name in report_to or []:
+        if name not in INTEGRATION_TO_CALLBACK:
+            problems.append(f"Recipe key 'training.report_to': unknown integration {name!r}.{did_you_mean(name, INTEGRATION_TO_CALLBACK)} "
+                            f"Known: none, all, {', '.join(INTEGRATION_TO_CALLBACK)}.")
+        elif name not in available:
+            problems.append(f"Recipe key 'training.report_to': {name!r} is not installed (installed: "
+                            f"{', '.join(available) or 'none of them'}); install it or set report_to: none.")
+    return problems
+
+
+@functools.cache
+def _training_hints() -> dict:
+    import typing
+
+    from transformers import TrainingArguments
+
+    try:
+        return typing.get_type_hints(TrainingArguments)
+    except Exception:  # an annotation that does not resolve in this transformers version: skip type checks
+        return {}
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _type_problem(key: str, value) -> str | None:
+    """TrainingArguments does not check types: a string for num_train_epochs would only fail mid-training."""
+    import typing
+
+    hint = _training_hints().get(key)
+    allowed = typing.get_args(hint) if typing.get_args(hint) else (hint,)
+    if not allowed or not all(t in _TYPE_NAMES for t in allowed):
+        return None  # enums, lists, dicts: TrainingArguments checks those itself
+    # A string field takes any scalar (resume_from_checkpoint: true is hftl's "the last checkpoint").
+    ok = (isinstance(value, bool) and bool in allowed) or (str in allowed and isinstance(value, (str, int, float))) or (
+        not isinstance(value, bool) and (type(value) in allowed or (type(value) is int and float in allowed)))
+    if ok:
+        return None
+    names = " or ".join(_TYPE_NAMES[t] for t in allowed)
+    return f"Recipe key 'training.{key}' must be {names} (got {value!r})."
 
 
 _POSITIVE = {"learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",

@@ -87,8 +87,9 @@ DATASETS = {"tweets-sentiment": _tweets}
 def _lookup(table: dict, name: str, kind: str):
     alias = name[len(PREFIX):]
     if alias not in table:
+        key = "model.model_name_or_path" if kind == "model" else "data.dataset_name"
         raise HftlError(
-            f"Unknown zoo {kind} '{name}'.{did_you_mean(alias, table)} Available: "
+            f"Recipe key '{key}': unknown zoo {kind} '{name}'.{did_you_mean(alias, table)} Available: "
             + ", ".join(PREFIX + k for k in table) + "."
         )
     return table[alias]

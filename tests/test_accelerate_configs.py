@@ -156,6 +156,9 @@ WORLD_SIZE_SCRIPT = textwrap.dedent(
     }
     with open(os.path.join(sys.argv[1], f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)
+    # Destroys the process group: a gloo group still alive at interpreter exit sometimes aborts a
+    # rank ("terminate called without an active exception", SIGABRT) after all work is done.
+    accelerator.end_training()
     """
 )
 

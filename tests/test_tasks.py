@@ -1,0 +1,120 @@
+"""Each task end to end through hftl.train: it learns, and it writes every output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hftl
+from hftl.errors import HftlError
+
+
+def _logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_text_classification_learns_and_writes_outputs(text_recipe):
+    r = hftl.train(text_recipe())
+    assert r.metrics["eval_accuracy"] >= 0.9, r.metrics  # separable toy data: prove learning
+    assert 0.0 <= r.metrics["eval_f1_macro"] <= 1.0
+    out = r.output_dir
+    for name in ("model.safetensors", "config.json", "recipe.yaml", "metrics.json", "curves.png", "README.md",
+                 "plan.md", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) or all(p.name == "training_args.bin" for p in out.glob("*.bin"))
+    assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] == r.metrics["eval_accuracy"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}  # labels given as strings, sorted
+    card = (out / "README.md").read_text()
+    assert "eval_accuracy" in card and "| depth |" in card
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the saved model reloads into the same logits
+    batch = r.trainer.data_collator([r.trainer.eval_dataset[i] for i in range(4)])
+    batch.pop("labels")
+    assert torch.allclose(_logits(r.model, batch), _logits(hftl.load_model(out), batch), atol=1e-5)
+
+
+def test_image_classification_learns_with_checkpoint_preprocessing(image_recipe, vit_dir):
+    r = hftl.train(image_recipe())
+    assert r.metrics["eval_accuracy"] >= 0.9, r.metrics
+    assert r.model.config.id2label == {0: "blue", 1: "red"}
+    assert (r.output_dir / "preprocessor_config.json").is_file()
+    assert "mean (0.5, 0.5, 0.5)" in (r.output_dir / "README.md").read_text()
+
+
+def test_preprocessing_comes_from_the_processor():
+    from transformers import ConvNextImageProcessor, ViTImageProcessor
+    from torchvision.transforms import v2 as T
+
+    from hftl.tasks.image_classification import preprocessing_of
+
+    p = preprocessing_of(ViTImageProcessor(size={"height": 48, "width": 40}, image_mean=[0.1, 0.2, 0.3],
+                                           image_std=[0.4, 0.5, 0.6], resample=3))
+    assert p.size == (48, 40) and p.mean == (0.1, 0.2, 0.3) and p.std == (0.4, 0.5, 0.6)
+    assert p.interpolation == T.InterpolationMode.BICUBIC
+    p = preprocessing_of(ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875))
+    assert p.size == (224, 224) and p.resize == (256, 256)
+
+
+def test_timm_model_through_timm_wrapper(image_recipe, tmp_path):
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
+
+    d = tmp_path / "timm_resnet"
+    config = TimmWrapperConfig(architecture="resnet10t", num_labels=5,
+                               pretrained_cfg={"input_size": [3, 32, 32], "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2],
+                                               "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 5})
+    TimmWrapperForImageClassification(config).save_pretrained(d)
+    TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture="resnet10t").save_pretrained(d)
+    r = hftl.train(image_recipe(model_dir=d, training={"num_train_epochs": 1},
+                                strategy={"preset": "feature_extraction"}))
+    assert r.model.config.num_labels == 2  # 5-class head replaced for the data's 2 labels
+    assert "timm_model.fc.weight" in r.plan.layer_map.names_at(r.plan.layer_map.head_depth)
+    assert "(0.4, 0.4, 0.4)" in (r.output_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet", "save_to_disk"])
+def test_data_sources_and_int_labels(text_recipe, tmp_path, fmt):
+    import datasets
+
+    from conftest import make_text_rows
+
+    rows = make_text_rows(96, 0)
+    ds = datasets.Dataset.from_list([{"sentence": r["text"], "stars": 5 if r["label"] == "pos" else 1} for r in rows])
+    if fmt == "json":
+        path = tmp_path / "train.jsonl"
+        ds.to_json(path)
+        data = {"train_file": str(path)}
+    elif fmt == "parquet":
+        path = tmp_path / "train.parquet"
+        ds.to_parquet(path)
+        data = {"train_file": str(path)}
+    else:
+        path = tmp_path / "saved"
+        datasets.DatasetDict(train=ds).save_to_disk(path)
+        data = {"dataset_name": str(path)}
+    recipe = text_recipe(training={"num_train_epochs": 1})
+    recipe["data"] = {**data, "label_column_name": "stars", "train_val_split": 0.25, "max_seq_length": 16}
+    r = hftl.train(recipe)
+    assert r.model.config.id2label == {0: "1", 1: "5"}
+    assert len(r.trainer.eval_dataset) == 24 and len(r.trainer.train_dataset) == 72  # seeded hold-out
+
+
+def test_non_empty_output_dir_is_refused_and_left_alone(text_recipe, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(HftlError, match="overwrite_output_dir"):
+        hftl.train(text_recipe())
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_failed_setup_leaves_no_output_dir(text_recipe, tmp_path):
+    recipe = text_recipe()
+    recipe["data"]["label_column_name"] = "sentiment"
+    with pytest.raises(HftlError, match="'data.label_column_name'.*columns are: text, label"):
+        hftl.train(recipe)
+    assert not (tmp_path / "out").exists()
