@@ -4,6 +4,8 @@ What hftl adds: method names users type (`dora` = LoRA with use_dora), keys chec
 config class, `target_modules` found by inspecting the model when not given (transformers 5 renamed
 many attention projections, e.g. ViT's query/value are now q_proj/v_proj), and the new task head
 always in `modules_to_save` (so it trains and is saved with the adapter: peft#1070, peft#2099).
+Recipe-time checks: unknown keys, values the PEFT config class rejects, prompt-learning methods
+(prefix/prompt tuning) only on text and never with `merge: true` (they learn virtual tokens, no weights).
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def _config_kwargs(section, ptype: str) -> dict:
 
 
 def check_peft_values(section, ptype: str) -> str | None:
-    """Let the PEFT config class judge the values (r > 0, known init names, ...) before any weights load."""
+    """Let the PEFT config class judge the values and their combinations before any weights load
+    (e.g. layers_to_transform with a regex target_modules, init_lora_weights: loftq without loftq_config)."""
     try:
         config_class(ptype)(**_config_kwargs(section, ptype))
     except (ValueError, TypeError) as e:

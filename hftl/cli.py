@@ -52,7 +52,7 @@ def _run(args) -> int:
         # Tear the process group down before exit: gloo ranks otherwise sometimes abort at
         # interpreter shutdown (pytorch/pytorch#179291) and the run exits non-zero.
         result.trainer.accelerator.end_training()
-        return 0
+        return 1 if result.push_error else 0
     if args.command == "export":
         from hftl.export import export_merged
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except HftlError as e:
         print(f"hftl: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
 
 
 if __name__ == "__main__":

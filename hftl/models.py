@@ -15,7 +15,16 @@ def resolve_path(model_section) -> str:
 
 
 def _load_error(path: str, e: Exception) -> HftlError:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    from pathlib import Path
+
+    msg = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+    p = Path(path).expanduser()
+    if p.is_file():
+        msg = "it is a file, not a checkpoint folder"
+    elif p.is_dir() and not (p / "config.json").is_file():
+        msg = f"the folder has no config.json, so it is not a saved checkpoint ({msg})"
+    elif not p.exists() and (p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
+        msg = "no such folder (and not a Hub id of the form user/name)"
     return HftlError(
         f"Recipe key 'model.model_name_or_path': cannot load '{path}': {msg}. Give a local checkpoint folder, a zoo "
         "alias (zoo:minilm-l6), or a Hub id on a machine that can reach the Hub (HF_HUB_OFFLINE is "

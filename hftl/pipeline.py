@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hftl.errors import HftlError
+from hftl.faults import StopOnSignal
 from hftl.recipe import Recipe, load_recipe
 
 logger = logging.getLogger("hftl")
@@ -22,6 +23,7 @@ class TrainResult:
     output_dir: Path
     plan: Any = None
     label_names: list[str] = field(default_factory=list)
+    push_error: str | None = None  # hub.push failed (the output dir is complete); the message says why
 
 
 @dataclass
@@ -41,23 +43,26 @@ class Setup:
 
 
 def _resume_path(recipe: Recipe) -> str | None:
+    """`true`: the newest *complete* checkpoint (a save cut short by a crash is skipped); a path: checked."""
+    from hftl.faults import checkpoint_problem, last_good_checkpoint
+
     value = recipe.training.get("resume_from_checkpoint")
     if value in (None, False):
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
     out = recipe.output_dir
     if value is True:
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_good_checkpoint(out)
         if last is None:
-            raise HftlError(f"Recipe key 'training.resume_from_checkpoint' is true but '{out}' holds no checkpoint-* folder.")
-        return last
+            raise HftlError(f"Recipe key 'training.resume_from_checkpoint' is true but '{out}' holds no complete "
+                            "checkpoint-* folder.")
+        return str(last)
     path = Path(str(value))
     if not path.is_dir():
         raise HftlError(f"Recipe key 'training.resume_from_checkpoint': '{value}' is not a checkpoint folder.")
-    if not (path / "trainer_state.json").is_file():
+    problem = checkpoint_problem(path)
+    if problem:
         raise HftlError(f"Recipe key 'training.resume_from_checkpoint': '{value}' is not a complete checkpoint "
-                        "(no trainer_state.json): it may be partial or corrupt; resume from an earlier checkpoint-*.")
+                        f"({problem}); resume from an earlier checkpoint-* or use true for the newest complete one.")
     return str(path)
 
 
@@ -115,6 +120,8 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
     try:
         s = setup(recipe)
         trainer = _make_trainer(s)
+        stop = StopOnSignal()
+        trainer.add_callback(stop)
         for cb in callbacks or []:
             trainer.add_callback(cb)
     except BaseException:
@@ -122,18 +129,30 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
         if created and out.exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
+    from hftl.faults import Interrupted
+
     trainer.train(resume_from_checkpoint=resume)
+    if stop.signum is not None:
+        raise Interrupted(
+            f"Training stopped by signal {stop.signum} at step {trainer.state.global_step}; checkpoint saved in "
+            f"'{out}'. Resume with training.resume_from_checkpoint=true.", stop.signum)
     metrics = trainer.evaluate()
     metrics = {k: v for k, v in metrics.items()}
     metrics["train_runtime"] = trainer.state.log_history[-2].get("train_runtime") if len(trainer.state.log_history) > 1 else None
     if trainer.is_world_process_zero():
         _write_outputs(s, trainer, metrics)
     trainer.accelerator.wait_for_everyone()
+    push_error = None
     if recipe.hub.push and trainer.is_world_process_zero():
         from hftl.hub import push_output_dir
 
-        push_output_dir(out, recipe.hub)
-    return TrainResult(s.model, trainer, metrics, out, s.plan, s.splits.label_names)
+        try:
+            push_output_dir(out, recipe.hub)
+        except HftlError as e:
+            # Training succeeded and its outputs are on disk: keep the result (model, metrics), report the push.
+            logger.error("%s", e)
+            push_error = str(e)
+    return TrainResult(s.model, trainer, metrics, out, s.plan, s.splits.label_names, push_error)
 
 
 def _make_trainer(s: Setup):
@@ -143,7 +162,8 @@ def _make_trainer(s: Setup):
     return HftlTrainer(
         model=s.model, args=s.args, train_dataset=s.train_dataset, eval_dataset=s.eval_dataset,
         data_collator=s.collator, processing_class=s.processor, compute_metrics=classification_metrics,
-        callbacks=s.plan.callbacks, plan=s.plan, lr_spec=s.recipe.strategy.discriminative_lr)
+        callbacks=s.plan.callbacks, plan=s.plan, lr_spec=s.recipe.strategy.discriminative_lr,
+        on_nan_loss=s.recipe.on_nan_loss)
 
 
 def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
@@ -153,10 +173,6 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     out = s.recipe.output_dir
     trainer.save_model(str(out))  # adapter (+ head) for PEFT runs, the full model otherwise; safetensors
     adapter = adapter_summary(s.model) if s.recipe.peft is not None else None
-    if s.recipe.peft is not None and s.recipe.peft.merge:
-        from hftl.export import merge_adapter
-
-        merge_adapter(s.model, s.processor, out / "merged")
     table = s.plan.table()
     outputs.write_text(out / "recipe.yaml", s.recipe.to_yaml())
     outputs.write_json(out / "metrics.json", metrics)
@@ -167,6 +183,11 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
         s.recipe, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
         adapter, len(s.train_dataset), len(s.eval_dataset))
     outputs.write_text(out / "README.md", card)
+    if s.recipe.peft is not None and s.recipe.peft.merge:
+        # last, so that a failed merge still leaves a complete, loadable adapter run
+        from hftl.export import merge_adapter
+
+        merge_adapter(s.model, s.processor, out / "merged")
     logger.info("outputs written to %s", out)
 
 

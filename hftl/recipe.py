@@ -273,6 +273,8 @@ class Recipe(Section):
     hub: HubSection = Field(default_factory=HubSection)
     seed: int = Field(42, description="Seed for data splits, head init and training.")
     overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty training.output_dir.")
+    on_nan_loss: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss stops the run (naming the step and last good checkpoint) or skips the step.")
 
     @field_validator("task")
     @classmethod
@@ -417,7 +419,7 @@ def _default_training(data: dict, name: str) -> dict:
 def _check_training(training: dict, problems: list[str]) -> None:
     fields = _training_fields()
     for key in training:
-        if key not in fields:
+        if key not in fields and key != "overwrite_output_dir":  # that one gets its own message below
             problems.append(unknown_key(key, "training", fields) + " (training: takes transformers.TrainingArguments names.)")
     if "overwrite_output_dir" in training and "overwrite_output_dir" not in fields:
         problems.append("training.overwrite_output_dir does not exist in transformers 5.x: use the top-level key overwrite_output_dir: true.")
@@ -520,7 +522,51 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         from hftl.adapters import check_peft_section
 
         problems += check_peft_section(recipe.peft, recipe.task)
-    problems += _check_training_values(recipe.training)
+        if recipe.hub.push and recipe.hub.upload in ("merged", "both") and not recipe.peft.merge:
+            problems.append(f"Recipe key 'hub.upload' is '{recipe.hub.upload}' but peft.merge is false: the merged "
+                            "model is only written with peft.merge: true.")
+    problems += _check_sharding(recipe)
+    if not problems:
+        problems += _check_training_values(recipe.training)
+    return problems
+
+
+def _zero_stage(training: dict) -> int | None:
+    """ZeRO stage from training.deepspeed (dict or json path) or from `accelerate launch` with a DeepSpeed config."""
+    import json
+
+    ds = training.get("deepspeed")
+    if isinstance(ds, str) and Path(ds).is_file():
+        try:
+            ds = json.loads(Path(ds).read_text())
+        except ValueError:
+            ds = None
+    if isinstance(ds, dict):
+        stage = (ds.get("zero_optimization") or {}).get("stage")
+        return int(stage) if stage is not None else None
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        return int(stage) if stage and stage.isdigit() else None
+    return None
+
+
+def _check_sharding(recipe: Recipe) -> list[str]:
+    """Combinations that cannot train correctly under parameter sharding are refused up front."""
+    s = recipe.strategy
+    problems = []
+    if _zero_stage(recipe.training) == 3 and s.gradual_unfreezing is not None:
+        problems.append(
+            "strategy.gradual_unfreezing cannot run under DeepSpeed ZeRO-3: parameters are sharded and their "
+            "requires_grad is fixed when the engine is built, so layers unfrozen later would silently not train. "
+            "Use ZeRO-2, DDP or FSDP (accelerate_configs/), or drop gradual_unfreezing.")
+    fsdp = recipe.training.get("fsdp") or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    orig = (recipe.training.get("fsdp_config") or {}).get("use_orig_params",
+                                                          os.environ.get("FSDP_USE_ORIG_PARAMS", "true"))
+    freezes = s.freeze not in (None, "none") or s.preset in ("partial", "feature_extraction") or s.gradual_unfreezing
+    if fsdp and str(orig).lower() == "false" and (freezes or recipe.peft is not None):
+        problems.append(
+            "FSDP with use_orig_params: false cannot mix frozen and trainable parameters in one unit; set "
+            "use_orig_params: true (accelerate_configs/fsdp.yaml does).")
     return problems
 
 
@@ -546,6 +592,8 @@ def _check_training_values(training: dict) -> list[str]:
     try:
         args = TrainingArguments(**training)
         problems += _check_report_to(args.report_to)
+    except ImportError as e:  # e.g. training.deepspeed without the deepspeed package
+        problems.append(f"Recipe section 'training' needs a package that is not installed: {e}")
     except (ValueError, TypeError, KeyError) as e:
         msg = str(e).strip().replace("\n", " ")
         # Name the key: TrainingArguments' messages quote the bad value or the key, rarely both.

@@ -4,6 +4,7 @@ Three changes, each for a trap the plain Trainer has in transfer learning:
 - the optimizer holds every parameter that may ever train (frozen ones too, grad None), grouped by
   depth with their own learning rates -- else layers unfrozen later never train;
 - after backward, gradients of layers frozen under DDP are dropped (see hooks/unfreezing.py);
+- a non-finite loss stops the run with the step and the last good checkpoint (or skips the step);
 - classification losses ignore `num_items_in_batch`, so the Trainer must not treat the loss as
   already normalised (it would then skip the gradient-accumulation division and, with
   average_tokens_across_devices, multiply the loss by world_size).
@@ -11,16 +12,22 @@ Three changes, each for a trap the plain Trainer has in transfer learning:
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from transformers import Trainer
 
+from hftl.faults import check_loss
 from hftl.hooks import param_groups
 
 
 class HftlTrainer(Trainer):
-    def __init__(self, *args, plan=None, lr_spec=None, **kwargs):
+    def __init__(self, *args, plan=None, lr_spec=None, on_nan_loss: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
         self.lr_spec = lr_spec
+        self.on_nan_loss = on_nan_loss
+        self.skipped_steps = 0
         self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None):
@@ -38,4 +45,10 @@ class HftlTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.plan is not None:
             self.plan.trainable.after_backward()
+        if not check_loss(loss, self.state.global_step + 1, Path(self.args.output_dir), self.on_nan_loss,
+                          self.args.world_size):
+            # Skip: drop this accumulation cycle's gradients; params with grad None are not updated.
+            model.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return torch.zeros_like(loss)
         return loss

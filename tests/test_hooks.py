@@ -309,7 +309,8 @@ def test_plan_table_lists_every_depth(text_recipe):
     from hftl.pipeline import plan
 
     table = plan(text_recipe(strategy={"gradual_unfreezing": {"every_epochs": 1},
-                                       "discriminative_lr": {"layer_decay": 0.5}}))
+                                       "discriminative_lr": {"layer_decay": 0.5}},
+                             training={"learning_rate": 1e-3}))
     lines = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| depth")]
     assert len(lines) == 5  # embeddings, 2 blocks, pooler, head
     assert "epoch 1" in table and "start" in table and "not yet" in table

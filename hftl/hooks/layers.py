@@ -16,8 +16,9 @@ from torch import nn
 
 from hftl.errors import HftlError
 
-# Prefixes wrappers add to parameter names: DDP, torch.compile, PEFT.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
+# Prefixes wrappers add to parameter names: DDP, torch.compile, PEFT (tuner models such as LoRA hold the
+# model as `base_model.model.`, prompt-learning models such as prefix tuning as `base_model.`).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "base_model.")
 HEAD_LABEL = "head"
 POST_LABEL = "post"
 

@@ -22,6 +22,8 @@ def load_processor(model_section, path: str):
 
 def _text_columns(ds, data) -> list[str]:
     if data.text_column_names:
+        if len(data.text_column_names) > 2:
+            raise HftlError("Recipe key 'data.text_column_names': give one column, or two for sentence pairs.")
         for c in data.text_column_names:
             if c not in ds.column_names:
                 from hftl.errors import did_you_mean
@@ -29,8 +31,6 @@ def _text_columns(ds, data) -> list[str]:
                 raise HftlError(
                     f"Recipe key 'data.text_column_names': column '{c}' not in the data; columns are: "
                     f"{', '.join(ds.column_names)}.{did_you_mean(c, ds.column_names)}")
-        if len(data.text_column_names) > 2:
-            raise HftlError("Recipe key 'data.text_column_names': give one column, or two for sentence pairs.")
         return list(data.text_column_names)
     for c in _DEFAULT_COLUMNS:
         if c in ds.column_names:

@@ -1,0 +1,239 @@
+"""Pushing runs to the Hub: `hub.push` at the end of `hftl.train`, `hftl push` afterwards, and the errors.
+
+The Hub is tests/hub_server.py in this process; the client code runs in subprocesses because
+huggingface_hub reads HF_ENDPOINT at import (see `client_env`). Scripts print one JSON line last.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hub_server import HubServer, client_env
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# Distinctive values, so that a leak into any file or output is detectable.
+TOKEN = "hf_hftl_push_token_q1w2e3r4"
+BAD_TOKEN = "hf_hftl_wrong_token_z9x8c7"
+SENTENCES = ["the movie was good", "it was really awful", "so sad this day"]
+FAST = {"num_train_epochs": 1, "learning_rate": 1e-2, "disable_tqdm": True}
+SMALL = {"max_train_samples": 32, "max_eval_samples": 16}
+
+
+def env_for(hub: HubServer, tmp_path: Path, token=TOKEN) -> dict:
+    env = client_env(hub, tmp_path, token=token)
+    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"  # tiny models: extra threads only contend on a small machine
+    return env
+
+
+def run(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert TOKEN not in output and BAD_TOKEN not in output
+    return proc
+
+
+def run_script(hub, tmp_path, name: str, code: str, args: dict, token=TOKEN) -> dict:
+    script = tmp_path / f"{name}.py"
+    prelude = f"import json, sys\nARGS = json.loads({json.dumps(json.dumps(args))})\n"
+    script.write_text(prelude + textwrap.dedent(code))
+    proc = run([sys.executable, str(script)], env_for(hub, tmp_path, token))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert hub.errors == [], hub.errors[0]
+    # A request with no route means the client asked the Hub for something unexpected (a download mid-run).
+    assert hub.unhandled == []
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli_push(hub, tmp_path, output_dir, repo_id, *extra, token=TOKEN) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "hftl.cli", "push", str(output_dir), "--repo-id", repo_id, *extra]
+    return run(args, env_for(hub, tmp_path, token), timeout=120)
+
+
+def assert_no_token_in(paths_or_bytes) -> None:
+    for item in paths_or_bytes:
+        data = item.read_bytes() if isinstance(item, Path) else item
+        assert TOKEN.encode() not in data and BAD_TOKEN.encode() not in data
+
+
+TRAIN_AND_PUSH = """
+import traceback
+
+import torch
+from transformers import AutoTokenizer
+
+import hftl
+
+out = {}
+try:
+    result = hftl.train(ARGS["recipe"])
+except hftl.HftlError as e:
+    out["error"] = {"type": type(e).__name__, "message": str(e),
+                    "raised_in": traceback.extract_tb(e.__traceback__)[-1].filename}
+else:
+    if result.push_error:  # training succeeded, its outputs are on disk; the push failed
+        out["error"] = {"type": "push_error", "message": result.push_error}
+    tok = AutoTokenizer.from_pretrained(ARGS["tokenizer"])
+    batch = dict(tok(ARGS["sentences"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        logits = result.model.eval()(**batch).logits
+    torch.save({"batch": batch, "logits": logits}, ARGS["logits"])
+print(json.dumps(out))
+"""
+
+DOWNLOAD = """
+import torch
+from huggingface_hub import snapshot_download
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from hftl.pipeline import load_model
+
+saved = torch.load(ARGS["logits"])
+batch, expected = saved["batch"], saved["logits"]
+base = AutoModelForSequenceClassification.from_pretrained(ARGS["base"])
+models = {
+    "peft": PeftModel.from_pretrained(base, ARGS["repo_id"]),
+    # transformers looks for adapter_config.json at the repo root whatever `subfolder` says, finds the
+    # adapter's and loads its base model instead: adapter_kwargs points that lookup at merged/ too.
+    "merged": AutoModelForSequenceClassification.from_pretrained(
+        ARGS["repo_id"], subfolder="merged", adapter_kwargs={"subfolder": "merged"}),
+    "hftl": load_model(snapshot_download(ARGS["repo_id"])),
+}
+out = {}
+with torch.no_grad():
+    for name, model in models.items():
+        out[name] = (model.eval()(**batch).logits - expected).abs().max().item()
+print(json.dumps(out))
+"""
+
+
+def test_train_push_both_and_download(text_recipe, bert_dir, tmp_path):
+    recipe = text_recipe(
+        # save_strategy epoch: checkpoint-* folders exist locally, and must not be uploaded.
+        training={**FAST, "save_strategy": "epoch"}, data=SMALL, peft={"method": "lora", "merge": True},
+        hub={"push": True, "repo_id": "alice/tiny-lora", "upload": "both"})
+    out_dir = Path(recipe["training"]["output_dir"])
+    logits = tmp_path / "logits.pt"
+    args = {"recipe": recipe, "tokenizer": str(bert_dir), "sentences": SENTENCES, "logits": str(logits)}
+    with HubServer(token=TOKEN) as hub:
+        assert run_script(hub, tmp_path, "train", TRAIN_AND_PUSH, args) == {}
+
+        repo = hub.repos["alice/tiny-lora"]
+        files = set(repo.files)
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files
+        assert {"merged/config.json", "merged/model.safetensors"} <= files
+        assert {"adapter_model.safetensors", "merged/model.safetensors"} <= repo.lfs_paths
+        assert list(out_dir.glob("checkpoint-*")), "the run should have written checkpoints locally"
+        assert not [f for f in files if "checkpoint-" in f or f.endswith("training_args.bin")]
+        assert repo.files["adapter_model.safetensors"] == (out_dir / "adapter_model.safetensors").read_bytes()
+        card = repo.files["README.md"].decode()
+        assert card.startswith("---\nlibrary_name: peft") and "## Adapter" in card
+        assert repo.private
+        # One commit for adapter and merged model: a failed push never leaves the repo half updated.
+        assert repo.commits == ["initial commit", "Upload with hftl"]
+        assert_no_token_in(data for commit in repo.history for data in commit.files.values())
+        assert_no_token_in(p for p in out_dir.rglob("*") if p.is_file())
+
+        diffs = run_script(hub, tmp_path, "download", DOWNLOAD,
+                           {"logits": str(logits), "base": str(bert_dir), "repo_id": "alice/tiny-lora"})
+        assert diffs["peft"] < 1e-5 and diffs["hftl"] < 1e-5
+        assert diffs["merged"] < 1e-4
+
+
+def test_bad_token_keeps_outputs_and_says_401(text_recipe, bert_dir, tmp_path):
+    recipe = text_recipe(training=FAST, data=SMALL, peft={"method": "lora", "merge": True},
+                         hub={"push": True, "repo_id": "alice/tiny-bad", "upload": "both"})
+    out_dir = Path(recipe["training"]["output_dir"])
+    args = {"recipe": recipe, "tokenizer": str(bert_dir), "sentences": SENTENCES, "logits": str(tmp_path / "l.pt")}
+    with HubServer(token=TOKEN) as hub:
+        error = run_script(hub, tmp_path, "train", TRAIN_AND_PUSH, args, token=BAD_TOKEN)["error"]
+        assert "alice/tiny-bad" not in hub.repos
+
+    assert error["type"] == "push_error"  # reported on the TrainResult: the trained model is not lost
+    msg = error["message"]
+    assert "alice/tiny-bad" in msg and "401" in msg and "HF_TOKEN" in msg and "hftl push" in msg
+    # The training outputs are complete and load.
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "recipe.yaml", "metrics.json",
+                 "labels.json", "merged/config.json", "merged/model.safetensors"):
+        assert (out_dir / name).is_file(), name
+    assert_no_token_in(p for p in out_dir.rglob("*") if p.is_file())
+    from hftl.pipeline import load_model
+
+    assert type(load_model(out_dir)).__name__ == "PeftModelForSequenceClassification"
+
+
+@pytest.fixture(scope="module")
+def output_dir(bert_dir, text_csv, tmp_path_factory) -> Path:
+    """A finished LoRA run with a merged model, trained in this process (no push)."""
+    import torch
+
+    import hftl
+
+    out = tmp_path_factory.mktemp("run") / "out"
+    recipe = {
+        "task": "text-classification",
+        "model": {"model_name_or_path": str(bert_dir)},
+        "data": {"train_file": str(text_csv[0]), "validation_file": str(text_csv[1]), "max_seq_length": 16, **SMALL},
+        "training": {"output_dir": str(out), **FAST, "per_device_train_batch_size": 8, "save_strategy": "no",
+                     "dataloader_num_workers": 0},
+        "peft": {"method": "lora", "merge": True},
+        "seed": 0,
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        hftl.train(recipe)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_cli_push_after_the_fact(output_dir, tmp_path):
+    with HubServer(token=TOKEN) as hub:
+        proc = cli_push(hub, tmp_path, output_dir, "alice/x")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == f"{hub.url}/alice/x"
+        files = set(hub.repos["alice/x"].files)
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "recipe.yaml"} <= files
+        assert not [f for f in files if f.startswith("merged/")]  # --upload adapter is the default
+
+        # --upload merged: a plain transformers model at the root, with the run's card.
+        proc = cli_push(hub, tmp_path, output_dir, "alice/x-merged", "--upload", "merged", "--no-private")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        repo = hub.repos["alice/x-merged"]
+        assert {"config.json", "model.safetensors", "README.md"} <= set(repo.files)
+        assert "adapter_config.json" not in repo.files and not repo.private
+        assert repo.files["README.md"].decode().startswith("---\nlibrary_name: transformers")
+        assert hub.errors == [] and hub.unhandled == []
+
+
+def test_push_to_someone_elses_repo_says_403(output_dir, tmp_path):
+    with HubServer(token=TOKEN, other_owner_repos={"bob/taken"}) as hub:
+        proc = cli_push(hub, tmp_path, output_dir, "bob/taken")
+        assert hub.repos["bob/taken"].commits == ["initial commit"]
+    assert proc.returncode == 1
+    assert "hftl: error: Push to the Hub repo 'bob/taken' failed" in proc.stderr
+    assert "403" in proc.stderr and "cannot write to 'bob/taken'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_hub_fails_fast_and_clearly(output_dir, tmp_path):
+    hub = HubServer(token=TOKEN)
+    hub.stop()  # closes the listening socket: HF_ENDPOINT now points at a closed port
+    start = time.monotonic()
+    proc = cli_push(hub, tmp_path, output_dir, "alice/x")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    assert "could not be reached" in proc.stderr and "hftl push" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 30, f"took {elapsed:.0f}s: the push should fail on the first request"
