@@ -144,7 +144,9 @@ def build_peft_model(model: nn.Module, section, task_type: str | None, head: lis
             raise HftlError(f"Recipe key 'peft.target_modules' {kwargs.get('target_modules')!r} matches no layer of "
                             f"{type(model).__name__}. Its linear layers (names to use in target_modules): "
                             f"{', '.join(linear_names(model))}.") from None
-        raise HftlError(f"Recipe section 'peft' ({section.method}) is rejected by PEFT: {msg}") from None
+        keys = [k for k in section.options() if f"`{k}`" in msg]
+        where = f"Recipe key 'peft.{keys[0]}'" if len(keys) == 1 else "Recipe section 'peft'"
+        raise HftlError(f"{where} ({section.method}) is rejected by PEFT: {msg}") from None
 
 
 def adapter_summary(model) -> dict:

@@ -27,5 +27,5 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
 def unknown_key(key: str, section: str, allowed: Iterable[str]) -> str:
     allowed = sorted(allowed)
     where = f"{section}.{key}" if section else key
-    shown = ", ".join(allowed) if len(allowed) <= 25 else ", ".join(allowed[:25]) + ", ..."
+    shown = ", ".join(allowed) if len(allowed) <= 25 else ", ".join(allowed[:25]) + f" and {len(allowed) - 25} more"
     return f"Unknown recipe key '{where}'.{did_you_mean(key, allowed)} Allowed keys here: {shown}."

@@ -27,7 +27,11 @@ def apply_reinit(model: nn.Module, strategy: StrategySection) -> int:
         return 0
     lm = layer_map_for(model, strategy)
     if strategy.reinit.from_depth is not None:
-        names = names_from_depth(lm, lm.resolve(strategy.reinit.from_depth))
+        try:
+            start = lm.resolve(strategy.reinit.from_depth)
+        except HftlError as e:
+            raise HftlError(f"Recipe key 'strategy.reinit.from_depth': {e}") from None
+        names = names_from_depth(lm, start)
     else:
         check_patterns(model, strategy.reinit.patterns, "strategy.reinit.patterns")
         names = {n for n, _ in model.named_parameters() if matches(n, strategy.reinit.patterns)}
