@@ -59,6 +59,11 @@ def build_model(task, model_section, label_names: list[str]):
             output_loading_info=True, **common)
     except (OSError, ValueError, KeyError) as e:
         raise _load_error(path, e) from None
+    from hftl.pooling import apply_pooling
+
+    pooling = apply_pooling(model, getattr(model_section, "pooling", "default"), path)
+    if pooling != "default":
+        logger.info("sentence pooling: %s", pooling)
     new = sorted(set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])})
     if new:
         logger.info("newly initialised (not in the checkpoint): %s", ", ".join(new[:10]) + (" ..." if len(new) > 10 else ""))

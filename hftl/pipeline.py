@@ -40,6 +40,7 @@ class Setup:
     train_dataset: Any = None
     eval_dataset: Any = None
     collator: Any = None
+    cache: Any = None  # FeatureCache when backbone features are computed once
 
 
 def _resume_path(recipe: Recipe) -> str | None:
@@ -99,7 +100,26 @@ def setup(recipe: Recipe) -> Setup:
     args = TrainingArguments(**training)
     plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
     train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
-    return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator)
+    return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator,
+                 cache=_feature_cache(recipe, model, plan, collator, args))
+
+
+def _feature_cache(recipe: Recipe, model, plan, collator, args):
+    """A FeatureCache when strategy.cache_features allows and the run qualifies (see hftl/cache.py)."""
+    from hftl.cache import FeatureCache, why_not
+
+    mode = recipe.strategy.cache_features
+    if mode is False:
+        return None
+    aug = recipe.data.augment
+    augment_on = recipe.task == "image-classification" and (
+        aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0)
+    reason = why_not(model, plan, recipe.strategy, augment_on)
+    if reason is not None:
+        if mode is True:
+            raise HftlError(f"Recipe key 'strategy.cache_features' is true but {reason}.")
+        return None
+    return FeatureCache(model, collator, batch_size=args.per_device_eval_batch_size)
 
 
 def plan(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> str:
@@ -137,6 +157,9 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
             f"Training stopped by signal {stop.signum} at step {trainer.state.global_step}; checkpoint saved in "
             f"'{out}'. Resume with training.resume_from_checkpoint=true.", stop.signum)
     metrics = trainer.evaluate()
+    if s.cache is not None:  # the real backbone forward again: the returned/saved model is a normal one
+        s.cache.restore()
+        metrics["cached_features"] = True
     metrics = {k: v for k, v in metrics.items()}
     metrics["train_runtime"] = trainer.state.log_history[-2].get("train_runtime") if len(trainer.state.log_history) > 1 else None
     if trainer.is_world_process_zero():
@@ -159,9 +182,20 @@ def _make_trainer(s: Setup):
     from hftl.metrics import classification_metrics
     from hftl.trainer import HftlTrainer
 
+    train_ds, eval_ds, collator = s.train_dataset, s.eval_dataset, s.collator
+    if s.cache is not None:
+        cached = s.cache.datasets(train_ds, eval_ds)
+        s.cache.patch()
+        if s.cache.works(cached[0]):
+            (train_ds, eval_ds), collator = cached, s.cache.collate
+        elif s.recipe.strategy.cache_features is True:
+            raise HftlError(f"Recipe key 'strategy.cache_features' is true but {type(s.model).__name__} does not "
+                            "pass extra inputs to its backbone; set it to auto or false.")
+        else:
+            s.cache = None
     return HftlTrainer(
-        model=s.model, args=s.args, train_dataset=s.train_dataset, eval_dataset=s.eval_dataset,
-        data_collator=s.collator, processing_class=s.processor, compute_metrics=classification_metrics,
+        model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=collator, processing_class=s.processor, compute_metrics=classification_metrics,
         callbacks=s.plan.callbacks, plan=s.plan, lr_spec=s.recipe.strategy.discriminative_lr,
         on_nan_loss=s.recipe.on_nan_loss)
 
@@ -210,5 +244,8 @@ def load_model(output_dir: str | Path):
         base = models.build_model(task, recipe.model, labels)
         model = PeftModel.from_pretrained(base, str(out))
     else:
+        from hftl.pooling import apply_pooling
+
         model = task.AUTO_MODEL.from_pretrained(str(out))
+        apply_pooling(model, getattr(model.config, "hftl_pooling", None) or "default")
     return model.eval()

@@ -52,6 +52,9 @@ class ModelSection(Section):
     tokenizer_name: str | None = Field(None, description="Tokenizer to use instead of the checkpoint's.")
     image_processor_name: str | None = Field(None, description="Image processor to use instead of the checkpoint's.")
     cache_dir: str | None = Field(None, description="Where downloaded checkpoints are cached.")
+    pooling: Literal["auto", "default", "mean", "cls"] = Field(
+        "auto", description="Sentence pooling for BERT-style text models: auto (the checkpoint's own, from a "
+        "sentence-transformers 1_Pooling/config.json), default (the model's pooler), mean or cls.")
 
     @field_validator("model_name_or_path")
     @classmethod
@@ -207,6 +210,9 @@ class StrategySection(Section):
     gradual_unfreezing: GradualUnfreezing | None = None
     reinit: Reinit | None = None
     layer_map: LayerMapOverride | None = Field(None, description="Override the automatic layer map.")
+    cache_features: Literal["auto"] | bool = Field(
+        "auto", description="Compute frozen-backbone features once and train the head on them (auto: when the "
+        "whole backbone stays frozen and augmentation is off).")
 
     @field_validator("preset", mode="before")
     @classmethod

@@ -110,6 +110,44 @@ def _keep_eval(module: nn.Module, args) -> None:
         module.training = False
 
 
+def frozen_subtrees(model: nn.Module, frozen: set[str]) -> list[nn.Module]:
+    """The largest submodules whose parameters are all frozen (param-less modules such as a task-level
+    dropout are left alone: they belong to whatever uses them)."""
+    out = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        names = [f"{prefix}{n}" for n, _ in module.named_parameters()]
+        if names and all(n in frozen for n in names):
+            out.append(module)
+            return
+        for cname, child in module.named_children():
+            visit(child, f"{prefix}{cname}.")
+
+    for cname, child in model.named_children():
+        visit(child, f"{cname}.")
+    return out
+
+
+class FrozenEval:
+    """Frozen submodules run in eval mode (no dropout, fixed BatchNorm statistics) in every forward,
+    although the Trainer calls model.train() inside each training_step."""
+
+    def __init__(self, model: nn.Module):
+        self.modules: list[nn.Module] = []
+        self._handle = model.register_forward_pre_hook(self._pre_forward)
+
+    def _pre_forward(self, module, args):
+        for m in self.modules:
+            if m.training:
+                m.eval()
+
+    def update(self, model: nn.Module, frozen: set[str], enabled: bool = True) -> int:
+        for m in self.modules:
+            m.train(model.training)
+        self.modules = frozen_subtrees(model, frozen) if enabled else []
+        return len(self.modules)
+
+
 class BatchNormFreezer:
     """Keeps chosen BatchNorm layers in eval mode (running mean/var fixed) however often .train() is called."""
 

@@ -18,7 +18,7 @@ import logging
 from torch import nn
 from transformers import TrainerCallback
 
-from hftl.hooks.freezing import BatchNormFreezer, set_trainable
+from hftl.hooks.freezing import BatchNormFreezer, FrozenEval, set_trainable
 from hftl.hooks.layers import LayerMap
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class TrainableSet:
         self.mask_grads = mask_grads
         self.params = dict(model.named_parameters())
         self.batchnorm = BatchNormFreezer(model)
+        self.frozen_eval = FrozenEval(model)
         self.active: set[str] = set()
         self._masked: list[nn.Parameter] = []
 
@@ -44,6 +45,10 @@ class TrainableSet:
         self._masked = [self.params[n] for n in self.candidates - self.active] if self.mask_grads else []
         frozen = set(self.params) - self.active
         n_bn = self.batchnorm.update(frozen, self.freeze_all_batchnorm)
+        # Only a backbone frozen as a whole runs in eval mode (a fixed feature extractor, as in Keras);
+        # partial freezing and PEFT keep dropout in frozen layers, as the plain Trainer/PEFT way does.
+        head = self.layer_map.head_depth
+        self.frozen_eval.update(self.model, frozen, all(self.layer_map.depth[n] == head for n in self.active))
         logger.info("trainable: %d/%d parameter tensors; %d BatchNorm layers with fixed statistics",
                     len(self.active), len(self.params), n_bn)
 

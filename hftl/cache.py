@@ -1,0 +1,153 @@
+"""Cached-feature extraction (`strategy.cache_features`).
+
+When the whole backbone stays frozen and inputs are deterministic (no train-time augmentation), every
+epoch recomputes the same backbone outputs. Here they are computed once (backbone in eval mode, as a
+frozen backbone runs during training too) and the head trains on them through the same Trainer:
+
+- transformers models: the backbone module's `forward` is replaced (on the instance) by a lookup
+  keyed by an `hftl_index` column; the task model passes its extra kwargs to the backbone, so its own
+  forward -- dropout, head, loss -- runs unchanged;
+- timm models (TimmWrapper): `forward_features` becomes the identity and the cached features come
+  in as `pixel_values`, so `forward_head` (pooling, dropout, classifier) runs unchanged.
+
+The parameters are never touched: checkpoints and the saved model are the normal full model, and
+`restore()` puts the real forward back. Same seed -> same data order -> the same head as without the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from hftl.errors import HftlError
+from hftl.hooks.layers import unwrap
+
+logger = logging.getLogger(__name__)
+INDEX = "hftl_index"
+
+
+def why_not(model: nn.Module, plan, strategy, augment_on: bool) -> str | None:
+    """The reason features cannot be cached for this run, or None."""
+    if strategy.gradual_unfreezing is not None:
+        return "strategy.gradual_unfreezing trains backbone layers later"
+    lm, ts = plan.layer_map, plan.trainable
+    if any(lm.depth[n] != lm.head_depth for n in ts.candidates):
+        return "some backbone parameters train (only the head may train)"
+    if augment_on:
+        return "train-time augmentation is on (set data.augment: false)"
+    task = unwrap(model)
+    if task is not model:
+        return "the model is wrapped (PEFT)"
+    if not (hasattr(task, "timm_model") or _backbone(task) is not None):
+        return f"{type(task).__name__} has no separate backbone module"
+    return None
+
+
+def _backbone(task: nn.Module) -> nn.Module | None:
+    prefix = getattr(task, "base_model_prefix", "")
+    module = getattr(task, prefix, None) if prefix else None
+    return module if isinstance(module, nn.Module) and module is not task else None
+
+
+def _batches(dataset, collator, batch_size):
+    for start in range(0, len(dataset), batch_size):
+        yield collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+class FeatureCache:
+    """Computes the backbone outputs of train + eval once and serves them by example index."""
+
+    def __init__(self, model: nn.Module, collator, batch_size: int = 64):
+        self.task = unwrap(model)
+        self.collator = collator
+        self.batch_size = batch_size
+        self.timm = hasattr(self.task, "timm_model")
+        self.backbone = self.task.timm_model if self.timm else _backbone(self.task)
+        self.store: dict[str, list[torch.Tensor]] = {}
+        self._patched = False
+
+    @torch.no_grad()
+    def _compute(self, dataset) -> tuple[int, list]:
+        device = next(self.task.parameters()).device
+        was_training = self.backbone.training
+        self.backbone.eval()
+        start = len(next(iter(self.store.values()), []))
+        labels = []
+        for batch in _batches(dataset, self.collator, self.batch_size):
+            labels += batch.pop("labels").tolist()
+            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            if self.timm:
+                feats = {"pixel_values": self.backbone.forward_features(batch["pixel_values"])}
+            else:
+                out = self.backbone(**batch, return_dict=True)
+                feats = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+            lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else None
+            for k, v in feats.items():
+                rows = self.store.setdefault(k, [])
+                for i in range(v.shape[0]):
+                    row = v[i]
+                    if lengths is not None and row.dim() >= 2 and k != "pooler_output":
+                        row = row[: int(lengths[i])]  # drop padding; re-padded per batch
+                    rows.append(row.detach().cpu())
+        self.backbone.train(was_training)
+        return start, labels
+
+    def datasets(self, train, evaluation) -> tuple[Dataset, Dataset]:
+        """Cache both splits; return datasets of (hftl_index or cached pixel_values, labels)."""
+        out = []
+        for ds in (train, evaluation):
+            start, labels = self._compute(ds)
+            idx = list(range(start, start + len(labels)))
+            out.append(Dataset.from_dict({INDEX: idx, "labels": labels}))
+        logger.info("cached backbone features of %d examples", sum(len(d) for d in out))
+        return out[0], out[1]
+
+    def collate(self, features: list[dict]) -> dict:
+        idx = [f[INDEX] for f in features]
+        labels = torch.tensor([f["labels"] for f in features])
+        if self.timm:
+            return {"pixel_values": torch.stack([self.store["pixel_values"][i] for i in idx]), "labels": labels}
+        return {INDEX: torch.tensor(idx), "labels": labels}
+
+    def _lookup(self, *args, **kwargs):
+        idx = kwargs.get(INDEX)
+        if idx is None:
+            raise HftlError("cache_features: the model did not pass hftl_index to its backbone; "
+                            "set strategy.cache_features: false for this architecture.")
+        fields = {}
+        for k, rows in self.store.items():
+            picked = [rows[i] for i in idx.tolist()]
+            fields[k] = nn.utils.rnn.pad_sequence(picked, batch_first=True) if picked[0].dim() >= 2 else torch.stack(picked)
+        device = next(self.task.parameters()).device
+        return BaseModelOutputWithPooling(**{k: v.to(device) for k, v in fields.items()})
+
+    def patch(self) -> None:
+        if self.timm:
+            self.backbone.forward_features = lambda x: x
+        else:
+            self.backbone.forward = self._lookup
+        self._patched = True
+
+    def works(self, dataset) -> bool:
+        """One cached batch through the task model: some architectures do not pass extra inputs on."""
+        was_training = self.task.training
+        self.task.eval()
+        try:
+            with torch.no_grad():
+                self.task(**self.collate([dataset[i] for i in range(min(2, len(dataset)))]))
+            return True
+        except (TypeError, HftlError) as e:
+            logger.info("feature cache not used: %s", e)
+            self.restore()
+            return False
+        finally:
+            self.task.train(was_training)
+
+    def restore(self) -> None:
+        if self._patched:
+            del self.backbone.__dict__["forward_features" if self.timm else "forward"]
+            self._patched = False

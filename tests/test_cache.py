@@ -1,0 +1,84 @@
+"""Cached-feature extraction gives the same head as the normal frozen-backbone run, and a normal model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hftl
+from hftl.errors import HftlError
+
+
+def _head(result) -> dict[str, torch.Tensor]:
+    lm = result.plan.layer_map
+    return {n: p.detach().clone() for n, p in result.model.named_parameters() if lm.depth[n] == lm.head_depth}
+
+
+def _same_run(make, tag="", **kw):
+    runs = []
+    for cache in (False, True):
+        recipe = make(strategy={"preset": "feature_extraction", "cache_features": cache}, **kw)
+        recipe["training"] = {**recipe["training"], "output_dir": f"{recipe['training']['output_dir']}_{tag}{cache}"}
+        runs.append(hftl.train(recipe))
+    return runs
+
+
+def test_cached_text_run_equals_plain_frozen_run(text_recipe):
+    plain, cached = _same_run(text_recipe, training={"num_train_epochs": 3, "learning_rate": 1e-2})
+    a, b = _head(plain), _head(cached)
+    assert a.keys() == b.keys() and a
+    for n in a:
+        assert torch.allclose(a[n], b[n], atol=1e-5), n
+    assert cached.metrics["eval_accuracy"] == plain.metrics["eval_accuracy"]
+    assert cached.metrics["eval_loss"] == pytest.approx(plain.metrics["eval_loss"], abs=1e-5)
+    # the saved model is a normal full model: it reloads and predicts like the trained one
+    batch = plain.trainer.data_collator([plain.trainer.eval_dataset[i] for i in range(4)])
+    batch.pop("labels")
+    with torch.no_grad():
+        want = cached.model.eval()(**batch).logits
+        got = hftl.load_model(cached.output_dir)(**batch).logits
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+def test_cached_image_runs_equal_plain_frozen_runs(image_recipe, tmp_path):
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
+
+    plain, cached = _same_run(image_recipe, data={"augment": False}, training={"num_train_epochs": 2})
+    for n, t in _head(plain).items():
+        assert torch.allclose(t, _head(cached)[n], atol=1e-5), n
+    # timm models (TimmWrapper): the cached features go through the model's own forward_head
+    d = tmp_path / "timm"
+    cfg = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
+           "crop_pct": 1.0, "num_classes": 2}
+    TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet10t", num_labels=2,
+                                                        pretrained_cfg=cfg)).save_pretrained(d)
+    TimmWrapperImageProcessor(pretrained_cfg=cfg, architecture="resnet10t").save_pretrained(d)
+    plain, cached = _same_run(lambda **kw: image_recipe(model_dir=d, **kw), tag="timm", data={"augment": False},
+                              training={"num_train_epochs": 2})
+    for n, t in _head(plain).items():
+        assert torch.allclose(t, _head(cached)[n], atol=1e-5), n
+
+
+def test_cache_true_with_augmentation_or_trainable_backbone_is_refused(image_recipe, text_recipe):
+    with pytest.raises(HftlError, match="cache_features.*augmentation"):
+        hftl.train(image_recipe(strategy={"preset": "feature_extraction", "cache_features": True},
+                                data={"augment": {"horizontal_flip": True}}))
+    with pytest.raises(HftlError, match="cache_features.*backbone parameters train"):
+        hftl.train(text_recipe(strategy={"preset": "full", "cache_features": True}))
+
+
+def test_frozen_backbone_runs_in_eval_mode(text_recipe):
+    """Feature extraction: the frozen backbone is a fixed feature extractor (no dropout) -- what makes
+    the cache exact, and what Keras does for a frozen base model."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            model.bert.encoder.register_forward_hook(lambda m, i, o: seen.append((m.training, model.training)))
+
+    hftl.train(text_recipe(strategy={"preset": "feature_extraction", "cache_features": False},
+                           training={"num_train_epochs": 1}), callbacks=[Probe()])
+    train_steps = [s for s in seen if s[1]]
+    assert train_steps and not any(encoder for encoder, _ in train_steps)
