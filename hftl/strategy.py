@@ -134,4 +134,11 @@ def plan_table(plan: TransferPlan, current_lrs: dict[int, float] | None = None) 
                     f"{'-' if lr is None else f'{lr:.2e}'} | {plan.unfreeze_at.get(d, 'never') if cand else 'never'} |")
     pct = 100 * trainable_now / max(total, 1)
     rows.append(f"\nTrainable at step 0: {trainable_now:,} of {total:,} parameters ({pct:.2f}%).")
+    adapted = sorted({strip_wrappers(n).split(".base_layer.")[0] for n in params if ".base_layer." in n})
+    if adapted:  # PEFT: which modules target_modules matched
+        leaves = sorted({a.rsplit(".", 1)[-1] for a in adapted})
+        rows.append(f"Adapter on {len(adapted)} modules ({', '.join(leaves)}), e.g. {adapted[0]}.")
+    saved = sorted({strip_wrappers(n).split(".modules_to_save.")[0] for n in params if ".modules_to_save." in n})
+    if saved:
+        rows.append(f"Trained and saved with the adapter (modules_to_save): {', '.join(saved)}.")
     return "\n".join(rows)

@@ -244,3 +244,11 @@ def test_layer_decay_over_lora_params(text_recipe):
     assert head_depth == 4
     assert [pytest.approx(x) for x in (max(layer0), max(layer1), max(head))] == [lr * decay**3, lr * decay**2, lr]
     assert len(layer0) == len(layer1) == len(head) == 1
+
+
+def test_plan_shows_matched_target_modules(text_recipe):
+    from hftl.pipeline import plan
+
+    table = plan(text_recipe(peft={"method": "lora", "r": 4}))
+    assert "Adapter on 4 modules (query, value)" in table  # 2 layers x query/value
+    assert "modules_to_save): classifier" in table
