@@ -84,7 +84,7 @@ def model_card(recipe, metrics: dict, plan_table: str, preprocessing: str, label
         "",
         f"# {recipe.output_dir.name}",
         "",
-        f"Fine-tuned from `{base}` for **{recipe.task}** with [hftl](https://github.com/) "
+        f"Fine-tuned from `{base}` for **{recipe.task}** with hftl "
         f"({'PEFT ' + adapter['method'] if adapter else 'strategy: ' + (recipe.strategy.preset or 'custom')}).",
         "",
         "## Data",
