@@ -24,8 +24,8 @@ MODES = ("auto", "default", "mean", "cls")
 
 
 class TokenPooler(nn.Module):
-    """Mean of the non-padding token states (or the first token). Reads the attention mask the task
-    model was called with, which a forward pre-hook on that model stores here."""
+    """Mean of the non-padding token states (or the first token). Reads the attention mask the backbone
+    was called with, which a forward pre-hook on the backbone stores here."""
 
     def __init__(self, mode: str):
         super().__init__()
@@ -76,6 +76,7 @@ def apply_pooling(model: nn.Module, mode: str, checkpoint_path: str | None = Non
     def keep_mask(module, args, kwargs):
         pooler.attention_mask = kwargs.get("attention_mask")
 
-    model.register_forward_pre_hook(keep_mask, with_kwargs=True)
+    # On the backbone, not the task model: the backbone is also called alone (feature caching).
+    backbone.register_forward_pre_hook(keep_mask, with_kwargs=True)
     model.config.hftl_pooling = mode
     return mode

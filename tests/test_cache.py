@@ -23,8 +23,29 @@ def _same_run(make, tag="", **kw):
     return runs
 
 
-def test_cached_text_run_equals_plain_frozen_run(text_recipe):
-    plain, cached = _same_run(text_recipe, training={"num_train_epochs": 3, "learning_rate": 1e-2})
+def _ragged_csv(path, n, seed):
+    """Texts of different lengths, so batches carry padding (masked mean pooling must ignore it)."""
+    import csv
+    import random
+
+    from conftest import FILLER, NEG, POS
+
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(n):
+            words = rng.sample(FILLER, rng.randint(0, 6)) + [rng.choice(POS if i % 2 else NEG)]
+            w.writerow([" ".join(words), "pos" if i % 2 else "neg"])
+    return str(path)
+
+
+@pytest.mark.parametrize("pooling", ["default", "mean"])
+def test_cached_text_run_equals_plain_frozen_run(text_recipe, tmp_path, pooling):
+    data = {"train_file": _ragged_csv(tmp_path / "train.csv", 96, 0),
+            "validation_file": _ragged_csv(tmp_path / "val.csv", 32, 1)}
+    plain, cached = _same_run(text_recipe, tag=pooling, model={"pooling": pooling}, data=data,
+                              training={"num_train_epochs": 3, "learning_rate": 1e-2})
     a, b = _head(plain), _head(cached)
     assert a.keys() == b.keys() and a
     for n in a:
