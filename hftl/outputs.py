@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ def epoch_curves(log_history: list[dict]) -> dict[str, list]:
     evals = []
     for entry in log_history:
         if "loss" in entry and "epoch" in entry:
-            train.setdefault(max(0, int(round(entry["epoch"] + 0.4999)) - 1), []).append(entry["loss"])
+            # a loss logged at epoch 0.25 .. 1.0 belongs to the first epoch (index 0)
+            train.setdefault(max(0, math.ceil(entry["epoch"] - 1e-9) - 1), []).append(entry["loss"])
         if "eval_loss" in entry:
             evals.append(entry)
     return {

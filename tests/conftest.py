@@ -116,6 +116,16 @@ def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return write_image_folder(d / "train", 16, 0), write_image_folder(d / "validation", 8, 1)
 
 
+def merge_sections(recipe: dict, sections: dict) -> dict:
+    """Recipe sections given to a fixture factory update the defaults one level deep."""
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    return recipe
+
+
 @pytest.fixture
 def text_recipe(bert_dir, text_csv, tmp_path):
     def make(**sections):
@@ -128,12 +138,7 @@ def text_recipe(bert_dir, text_csv, tmp_path):
                          "save_strategy": "no", "dataloader_num_workers": 0},
             "seed": 0,
         }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(recipe.get(key), dict):
-                recipe[key] = {**recipe[key], **value}
-            else:
-                recipe[key] = value
-        return recipe
+        return merge_sections(recipe, sections)
 
     return make
 
@@ -151,11 +156,6 @@ def image_recipe(vit_dir, image_dirs, tmp_path):
                          "save_strategy": "no", "dataloader_num_workers": 0},
             "seed": 0,
         }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(recipe.get(key), dict):
-                recipe[key] = {**recipe[key], **value}
-            else:
-                recipe[key] = value
-        return recipe
+        return merge_sections(recipe, sections)
 
     return make
