@@ -196,7 +196,11 @@ Notes:
 - Random init uses timm's own initialisation for the architecture, saved as a checkpoint with the same config.
 - "not run": not measured yet on this machine (each full-network variant takes ~15-25 min here);
   run `benchmarks/quality_image.py --only <key>` to fill it in.
-- Timings are on a shared 2-core machine: compare them within a table, not across runs.
+- Random init trains with the pretrained variants' recipe (lr 1e-3, 3 epochs): a fair "same recipe, no
+  transfer" row, not a tuned from-scratch baseline.
+- Timings are on a 2-core machine shared with other work, whose load changed by ~3-4x between rows (a full
+  fine-tuning step took ~10 s under load and ~3 s on a quiet machine): compare accuracies across rows, and
+  train times only as orders of magnitude.
 """
     if keep:
         write_result("quality_image", "Image transfer quality: EfficientNet-Lite0 -> Fashion-MNIST", body)
