@@ -6,6 +6,7 @@ Nothing here trains anything. The scripts import it as `from common import ...` 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import platform
@@ -77,8 +78,12 @@ def md_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_result(name: str, title: str, body: str) -> Path:
-    """Print the result and write it to benchmarks/results/<name>.md with the machine it ran on."""
+def write_result(name: str, title: str, body: str, save: bool = True) -> Path | None:
+    """Print the result and (save=True) write it to benchmarks/results/<name>.md with the machine it ran on.
+    Smoke runs (fewer epochs/steps than the benchmark's own) pass save=False: printed, never stored."""
+    if not save:
+        print(body)
+        return None
     text = f"# {title}\n\n{machine_info()}\n\n{body.strip()}\n"
     print("\n" + text)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -86,6 +91,25 @@ def write_result(name: str, title: str, body: str) -> Path:
     path.write_text(text)
     print(f"written to {path.relative_to(ROOT)}")
     return path
+
+
+def summarize(result) -> dict:
+    """Accuracy, macro-F1, train time and trainable-parameter count of an `hftl.train` result."""
+    m = result.metrics
+    trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
+    return {"accuracy": m["eval_accuracy"], "f1": m["eval_f1_macro"], "train_s": m.get("train_runtime") or float("nan"),
+            "trainable": trainable}
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """A recipe dict with `changes` applied, nested dicts merged (inputs left untouched)."""
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def peak_rss_mb() -> float:

@@ -16,14 +16,13 @@ Not run in CI.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, md_table, write_result
+from common import RESULTS, md_table, merge, summarize, write_result
 
 RAW = RESULTS / "quality_image.json"  # per-variant numbers, accumulated over invocations
 
@@ -76,16 +75,6 @@ VARIANTS = [
 ]
 
 
-def merge(base: dict, changes: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in changes.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def random_init_checkpoint(folder: Path) -> str:
     """The 96 px checkpoint's config with freshly initialised weights (timm's own init, seed 0)."""
     import timm
@@ -126,10 +115,7 @@ def run_variant(recipe: dict) -> dict:
     t0 = time.perf_counter()
     result = hftl.train(recipe)
     wall = time.perf_counter() - t0
-    m = result.metrics
-    trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
-    return {"accuracy": m["eval_accuracy"], "f1": m["eval_f1_macro"], "train_s": m.get("train_runtime") or float("nan"),
-            "wall_s": wall, "trainable": trainable, "bn": batchnorm_report(result.model)}
+    return {**summarize(result), "wall_s": wall, "bn": batchnorm_report(result.model)}
 
 
 def main():
@@ -202,10 +188,7 @@ Notes:
   fine-tuning step took ~10 s under load and ~3 s on a quiet machine): compare accuracies across rows, and
   train times only as orders of magnitude.
 """
-    if keep:
-        write_result("quality_image", "Image transfer quality: EfficientNet-Lite0 -> Fashion-MNIST", body)
-    else:
-        print(body)
+    write_result("quality_image", "Image transfer quality: EfficientNet-Lite0 -> Fashion-MNIST", body, save=keep)
 
 
 if __name__ == "__main__":

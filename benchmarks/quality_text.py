@@ -22,14 +22,13 @@ Not run in CI.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, md_table, write_result
+from common import RESULTS, md_table, merge, summarize, write_result
 
 RAW = RESULTS / "quality_text.json"  # per-row numbers, accumulated over invocations
 
@@ -77,16 +76,6 @@ VARIANTS = [
      {"model": {"model_name_or_path": "RANDOM"}, "strategy": {"preset": "full"},
       "training": {"warmup_steps": 0.1, "weight_decay": 0.01}}, 0.821),
 ]
-
-
-def merge(base: dict, changes: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in changes.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def pooling_supported() -> bool:
@@ -155,11 +144,7 @@ def logistic_regression_baseline() -> dict:
 def run_recipe(recipe: dict) -> dict:
     import hftl
 
-    result = hftl.train(recipe)
-    m = result.metrics
-    trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
-    return {"accuracy": m["eval_accuracy"], "f1": m["eval_f1_macro"], "train_s": m.get("train_runtime") or float("nan"),
-            "trainable": trainable}
+    return summarize(hftl.train(recipe))
 
 
 def main():
@@ -243,10 +228,7 @@ Notes:
 - "not run": not measured yet on this machine; `benchmarks/quality_text.py --only <key>` fills it in.
 - Timings are on a shared 2-core machine: compare them within a table, not across runs.
 """
-    if keep:
-        write_result("quality_text", "Text transfer quality: all-MiniLM-L6-v2 -> tweet sentiment", body)
-    else:
-        print(body)
+    write_result("quality_text", "Text transfer quality: all-MiniLM-L6-v2 -> tweet sentiment", body, save=keep)
 
 
 if __name__ == "__main__":

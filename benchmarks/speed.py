@@ -264,10 +264,7 @@ Notes:
 - "frozen backbone (hftl default)": hftl computes the backbone features once before training
   (`strategy.cache_features: auto`), so its timed steps only train the head; that pass is not in the timing.
 """
-    if default_run:
-        write_result("speed", "Speed: hftl vs a plain transformers Trainer script", body)
-    else:
-        print(body)
+    write_result("speed", "Speed: hftl vs a plain transformers Trainer script", body, save=default_run)
 
 
 if __name__ == "__main__":
