@@ -81,6 +81,13 @@ def linear_names(model: nn.Module) -> list[str]:
     return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
 
 
+def layer_hint(model: nn.Module) -> str:
+    """The layer names target_modules can use: linear layers, and the non-grouped convolutions of conv nets."""
+    hint = f"its linear layers: {', '.join(linear_names(model)) or 'none'}"
+    convs = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1})
+    return hint + (f"; its convolutions (LoRA adapts Conv2d too): {', '.join(convs)}" if convs else "")
+
+
 def default_targets(model: nn.Module, head: list[str]) -> list[str]:
     """The attention query/value projections, by inspecting the model's linear layers."""
     from transformers.pytorch_utils import Conv1D
@@ -91,7 +98,7 @@ def default_targets(model: nn.Module, head: list[str]) -> list[str]:
         if all(n in leaves for n in names):
             return list(names)
     raise HftlError("Cannot find attention query/value projections to adapt; set peft.target_modules to some of "
-                    f"the model's linear layers: {', '.join(linear_names(model))}.")
+                    f"the model's layers ({layer_hint(model)}).")
 
 
 def _config_kwargs(section, ptype: str) -> dict:
@@ -142,8 +149,7 @@ def build_peft_model(model: nn.Module, section, task_type: str | None, head: lis
         # The two messages PEFT raises when target_modules selects no layer (peft/tuners/tuners_utils.py).
         if "not found in the base model" in msg or "No modules were targeted" in msg:
             raise HftlError(f"Recipe key 'peft.target_modules' {kwargs.get('target_modules')!r} matches no layer of "
-                            f"{type(model).__name__}. Its linear layers (names to use in target_modules): "
-                            f"{', '.join(linear_names(model))}.") from None
+                            f"{type(model).__name__}. Names to use in target_modules: {layer_hint(model)}.") from None
         keys = [k for k in section.options() if f"`{k}`" in msg]
         where = f"Recipe key 'peft.{keys[0]}'" if len(keys) == 1 else "Recipe section 'peft'"
         raise HftlError(f"{where} ({section.method}) is rejected by PEFT: {msg}") from None

@@ -252,3 +252,25 @@ def test_plan_shows_matched_target_modules(text_recipe):
     table = plan(text_recipe(peft={"method": "lora", "r": 4}))
     assert "Adapter on 4 modules (query, value)" in table  # 2 layers x query/value
     assert "modules_to_save): classifier" in table
+
+
+def test_lora_on_a_conv_net_names_its_convolutions(image_recipe, resnet_dir):
+    """A conv net has no attention projections: the error lists the convolutions LoRA can adapt, and they work."""
+    recipe = image_recipe(model_dir=resnet_dir, training=FAST, data=IMAGE_DATA, peft={"method": "lora"})
+    with pytest.raises(hftl.HftlError, match=r"convolutions \(LoRA adapts Conv2d too\): convolution"):
+        hftl.train(recipe)
+    assert not hftl.load_recipe(recipe).output_dir.exists()
+
+    from transformers import AutoModelForImageClassification
+
+    before = dict(AutoModelForImageClassification.from_pretrained(resnet_dir).named_parameters())
+    recipe = image_recipe(model_dir=resnet_dir, training=FAST, data=IMAGE_DATA,
+                          peft={"method": "lora", "r": 4, "target_modules": ["convolution"]})
+    model = hftl.train(recipe).model
+    lora = [n for n, _ in model.named_parameters() if ".lora_A." in n]
+    assert lora and all("convolution" in n for n in lora)
+    frozen = {n.replace(".base_layer", ""): p for n, p in model.get_base_model().named_parameters()
+              if ".lora_" not in n and "classifier" not in n}
+    assert "resnet.embedder.embedder.convolution.weight" in frozen
+    for name, p in frozen.items():
+        assert torch.equal(p, before[name]), name  # the conv weights themselves stay frozen
