@@ -93,6 +93,9 @@ class DataSection(Section):
     label_column_name: str = Field("label", description="Column holding the labels (strings or ints).")
     max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated).")
     augment: AugmentSection = Field(default_factory=AugmentSection, description="Train-time image augmentation; `false` turns it off.")
+    image_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="Resize images straight to this size (`96` or `[height, width]`, no crop) instead of the "
+                          "checkpoint's; mean, std and interpolation stay the checkpoint's. For small images or CPU runs.")
 
     @field_validator("dataset_name")
     @classmethod
@@ -103,6 +106,11 @@ class DataSection(Section):
     @classmethod
     def _comma_list(cls, v):
         return [c.strip() for c in v.split(",")] if isinstance(v, str) else v
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v):
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("augment", mode="before")
     @classmethod

@@ -60,6 +60,23 @@ def test_preprocessing_comes_from_the_processor():
     assert p.size == (224, 224) and p.resize == (256, 256)
 
 
+def test_image_size_resizes_straight_to_the_asked_size(image_recipe, resnet_dir):
+    r = hftl.train(image_recipe(model_dir=resnet_dir, data={"image_size": 24, "max_train_samples": 8,
+                                                            "max_eval_samples": 4}, training={"num_train_epochs": 1}))
+    from hftl.pipeline import setup
+
+    s = setup(hftl.load_recipe(r.output_dir / "recipe.yaml"))
+    assert s.train_dataset[0]["pixel_values"].shape == (3, 24, 24)
+    assert "resize (24, 24) -> center crop (24, 24)" in (r.output_dir / "README.md").read_text()
+
+
+def test_image_size_a_fixed_size_model_cannot_take_is_refused_before_training(image_recipe):
+    recipe = image_recipe(data={"image_size": [16, 24]})  # the tiny ViT takes 32x32 only
+    with pytest.raises(hftl.HftlError, match=r"data\.image_size' \[16, 24\]: ViTForImageClassification"):
+        hftl.train(recipe)
+    assert not hftl.load_recipe(recipe).output_dir.exists()
+
+
 def test_timm_model_through_timm_wrapper(image_recipe, tmp_path):
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 

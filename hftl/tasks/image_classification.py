@@ -50,8 +50,12 @@ def _get(obj, key):
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def preprocessing_of(processor) -> Preprocessing:
-    """Size, mean, std, interpolation and crop from the processor the checkpoint ships."""
+def preprocessing_of(processor, image_size: tuple[int, int] | None = None) -> Preprocessing:
+    """Size, mean, std, interpolation and crop from the processor the checkpoint ships; `image_size`
+    (data.image_size) replaces size and crop by a straight resize."""
+    if image_size:
+        pre = preprocessing_of(processor)
+        return Preprocessing(tuple(image_size), tuple(image_size), pre.mean, pre.std, pre.interpolation)
     cfg = getattr(processor, "data_config", None)
     if cfg:  # timm (TimmWrapperImageProcessor)
         h, w = cfg["input_size"][-2:]
@@ -119,7 +123,9 @@ def prepare(splits, processor, data, model=None):
         raise HftlError(
             f"Recipe key 'data.image_column_name': column '{column}' not in the data; columns are: "
             f"{', '.join(splits.train.column_names)}.{did_you_mean(column, splits.train.column_names)}")
-    pre = preprocessing_of(processor)
+    pre = preprocessing_of(processor, data.image_size)
+    if data.image_size and model is not None:
+        _check_input_size(model, pre.size)
     out = []
     for name, ds, train in (("train", splits.train, True), ("validation", splits.validation, False)):
         if not isinstance(ds.features[column], Image):
@@ -136,8 +142,24 @@ def prepare(splits, processor, data, model=None):
     return out[0], out[1], default_data_collator
 
 
+def _check_input_size(model, size: tuple[int, int]):
+    """One forward pass on a blank image: models with a fixed input size (ViT) fail here, not mid-epoch."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, 3, *size, dtype=param.dtype, device=param.device))
+    except Exception as e:
+        raise HftlError(f"Recipe key 'data.image_size' {list(size)}: {type(model).__name__} does not take images of "
+                        f"this size ({str(e).splitlines()[0] if str(e) else type(e).__name__}). Remove the key to use "
+                        "the checkpoint's own size, or pick a model that takes any size (convolutional nets).") from None
+    finally:
+        model.train(was_training)
+
+
 def describe_preprocessing(processor, data) -> str:
-    p = preprocessing_of(processor)
+    p = preprocessing_of(processor, data.image_size)
     aug = data.augment
     return (f"resize {p.resize} -> center crop {p.size}, {p.interpolation.value}, mean {p.mean}, std {p.std}; "
             f"train augmentation: random_resized_crop={aug.random_resized_crop}, horizontal_flip={aug.horizontal_flip}, "
