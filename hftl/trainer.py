@@ -1,10 +1,12 @@
 """`transformers.Trainer` with hftl's optimizer groups and the hooks that must run inside a step.
 
-Three changes, each for a trap the plain Trainer has in transfer learning:
+The changes, each for a trap the plain Trainer has in transfer learning:
 - the optimizer holds every parameter that may ever train (frozen ones too, grad None), grouped by
   depth with their own learning rates -- else layers unfrozen later never train;
 - after backward, gradients of layers frozen under DDP are dropped (see hooks/unfreezing.py);
 - a non-finite loss stops the run with the step and the last good checkpoint (or skips the step);
+- evaluation leaves the random state as it found it -- else each DataLoader iterator it creates draws
+  from the global RNG, and every later dropout mask (so the trained model) depends on eval_strategy;
 - classification losses ignore `num_items_in_batch`, so the Trainer must not treat the loss as
   already normalised (it would then skip the gradient-accumulation division and, with
   average_tokens_across_devices, multiply the loss by world_size).
@@ -52,3 +54,9 @@ class HftlTrainer(Trainer):
             self.skipped_steps += 1
             return torch.zeros_like(loss)
         return loss
+
+    def evaluate(self, *args, **kwargs):
+        dev = self.args.device
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return super().evaluate(*args, **kwargs)

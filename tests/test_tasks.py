@@ -135,3 +135,22 @@ def test_failed_setup_leaves_no_output_dir(text_recipe, tmp_path):
     with pytest.raises(HftlError, match="'data.label_column_name'.*columns are: text, label"):
         hftl.train(recipe)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_does_not_change_training(text_recipe, monkeypatch):
+    """Trap: every DataLoader iterator draws a seed from the global RNG, so evaluating between epochs shifts
+    every later dropout mask and the trained model would depend on eval_strategy."""
+    from transformers import Trainer
+
+    from hftl.trainer import HftlTrainer
+
+    def weights(eval_strategy: str) -> dict:
+        r = hftl.train(text_recipe(strategy={"preset": "full"}, overwrite_output_dir=True,
+                                   training={"num_train_epochs": 2, "eval_strategy": eval_strategy}))
+        return {k: v.clone() for k, v in r.model.state_dict().items()}
+
+    quiet = weights("no")
+    assert all(torch.equal(quiet[k], v) for k, v in weights("epoch").items())
+    # Control: with the Trainer's own evaluate the weights do differ, so this test can fail.
+    monkeypatch.setattr(HftlTrainer, "evaluate", Trainer.evaluate)
+    assert not all(torch.equal(quiet[k], v) for k, v in weights("epoch").items())
