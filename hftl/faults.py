@@ -104,7 +104,8 @@ class StopOnSignal(TrainerCallback):
 
 def check_loss(loss: torch.Tensor, step: int, output_dir: Path, policy: str, world_size: int) -> bool:
     """True when the loss is finite. A non-finite loss stops the run ('stop') or the step is skipped ('skip')."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+    # Stays on the device until the one .item() below (the Trainer syncs on the loss each step anyway).
+    bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
     if world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank takes the same branch
     if bad.item() == 0:
