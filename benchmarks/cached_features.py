@@ -33,8 +33,6 @@ def recipe(cache: bool, epochs: int, out: str) -> dict:
 
 
 def main() -> None:
-    import torch
-
     import hftl
 
     parser = argparse.ArgumentParser()

@@ -7,6 +7,7 @@ Nothing here trains anything. The scripts import it as `from common import ...` 
 from __future__ import annotations
 
 import copy
+import json
 import datetime
 import os
 import platform
@@ -99,6 +100,19 @@ def summarize(result) -> dict:
     trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
     return {"accuracy": m["eval_accuracy"], "f1": m["eval_f1_macro"], "train_s": m.get("train_runtime") or float("nan"),
             "trainable": trainable}
+
+
+def load_rows(name: str, keep: bool) -> dict:
+    """The per-row numbers of earlier invocations (results/<name>.json), so rows can be run a few at a time."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if keep and path.is_file() else {}
+
+
+def save_rows(name: str, rows: dict, keep: bool) -> None:
+    """Store the rows after each one finishes: an interrupted run loses at most the row in progress."""
+    if keep:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def merge(base: dict, changes: dict) -> dict:
