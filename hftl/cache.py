@@ -54,8 +54,15 @@ def _backbone(task: nn.Module) -> nn.Module | None:
 
 
 def _batches(dataset, collator, batch_size):
-    for start in range(0, len(dataset), batch_size):
-        yield collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    """(indices, batch) over the whole dataset; token inputs go shortest first, so batches carry little padding
+    (the features are stored by index, so the order does not matter)."""
+    order = list(range(len(dataset)))
+    if "input_ids" in dataset.column_names:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        order.sort(key=lengths.__getitem__)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, collator([dataset[i] for i in idx])
 
 
 class FeatureCache:
@@ -76,9 +83,10 @@ class FeatureCache:
         was_training = self.backbone.training
         self.backbone.eval()
         start = len(next(iter(self.store.values()), []))
-        labels = []
-        for batch in _batches(dataset, self.collator, self.batch_size):
-            labels += batch.pop("labels").tolist()
+        labels, rows_by_key = [None] * len(dataset), {}
+        for idx, batch in _batches(dataset, self.collator, self.batch_size):
+            for i, label in zip(idx, batch.pop("labels").tolist()):
+                labels[i] = label
             batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             if self.timm:
                 feats = {"pixel_values": self.backbone.forward_features(batch["pixel_values"])}
@@ -87,12 +95,14 @@ class FeatureCache:
                 feats = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
             lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else None
             for k, v in feats.items():
-                rows = self.store.setdefault(k, [])
-                for i in range(v.shape[0]):
-                    row = v[i]
+                rows = rows_by_key.setdefault(k, [None] * len(dataset))
+                for j, i in enumerate(idx):
+                    row = v[j]
                     if lengths is not None and row.dim() >= 2 and k != "pooler_output":
-                        row = row[: int(lengths[i])]  # drop padding; re-padded per batch
-                    rows.append(row.detach().cpu())
+                        row = row[: int(lengths[j])]  # drop padding; re-padded per batch
+                    rows[i] = row.detach().cpu()
+        for k, rows in rows_by_key.items():
+            self.store.setdefault(k, []).extend(rows)
         self.backbone.train(was_training)
         return start, labels
 
