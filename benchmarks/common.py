@@ -115,6 +115,19 @@ def save_rows(name: str, rows: dict, keep: bool) -> None:
         (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def selected(key: str, only: list[str] | None) -> bool:
+    """Does `--only` (comma-separated parts of row keys) ask for this row? Everything without it."""
+    return not only or any(o in key for o in only)
+
+
+def run_row(name: str, rows: dict, key: str, title: str, measure, keep: bool) -> None:
+    """Measure one row, print it and store it at once in results/<name>.json."""
+    print(f"\n=== {key}: {title}", flush=True)
+    rows[key] = measure()
+    print(json.dumps(rows[key]), flush=True)
+    save_rows(name, rows, keep)
+
+
 def merge(base: dict, changes: dict) -> dict:
     """A recipe dict with `changes` applied, nested dicts merged (inputs left untouched)."""
     out = copy.deepcopy(base)

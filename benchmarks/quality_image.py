@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import load_rows, md_table, merge, save_rows, summarize, write_result
+from common import load_rows, md_table, merge, run_row, selected, summarize, write_result
 
 # The recipe every variant starts from. Each variant below only says what it changes.
 BASE = {
@@ -173,13 +173,11 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="hftl-bench-image-"))
     try:
-        if not only or any(o in "logreg" for o in only):
-            print("\n=== logreg: frozen EfficientNet-Lite0 pooled features + LogisticRegression", flush=True)
-            raw["logreg"] = logistic_regression_baseline()
-            print(json.dumps(raw["logreg"]), flush=True)
-            save_rows("quality_image", raw, keep)
+        if selected("logreg", only):
+            run_row("quality_image", raw, "logreg", "frozen EfficientNet-Lite0 pooled features + LogisticRegression",
+                    logistic_regression_baseline, keep)
         for key, label, changes, _ in VARIANTS:
-            if only and not any(o in key for o in only):
+            if not selected(key, only):
                 continue
             recipe = merge(BASE, changes)
             recipe["training"]["output_dir"] = str(work / key)
@@ -187,10 +185,7 @@ def main():
                 recipe["model"]["model_name_or_path"] = random_init_checkpoint(work / "random-init")
             if args.epochs is not None:
                 recipe["training"]["num_train_epochs"] = args.epochs
-            print(f"\n=== {key}: {label}", flush=True)
-            raw[key] = run_variant(recipe)
-            print(json.dumps(raw[key]), flush=True)
-            save_rows("quality_image", raw, keep)
+            run_row("quality_image", raw, key, label, lambda: run_variant(recipe), keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

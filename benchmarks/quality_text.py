@@ -8,8 +8,7 @@ embeddings). 3 epochs, batch 32, max_seq_length 64. Rows:
 - hftl recipes (dicts run with `hftl.train`): feature extraction, full fine-tuning at a flat LR,
   discriminative LR + gradual unfreezing, LoRA, and the same architecture from random init.
 
-`model.pooling` (auto|mean|cls|default): the recipes ask for `auto` (mean pooling for this checkpoint); an
-hftl that rejects the key runs them without it (the output says which).
+`model.pooling` (auto|mean|cls|default): the recipes ask for `auto` (mean pooling for this checkpoint).
 
     .venv/bin/python benchmarks/quality_text.py              # everything (~1 h on 2 busy cores)
     .venv/bin/python benchmarks/quality_text.py --only logreg,feature  # some rows; the others kept from earlier runs
@@ -22,18 +21,17 @@ Not run in CI.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from common import load_rows, md_table, merge, save_rows, summarize, write_result
+from common import load_rows, md_table, merge, run_row, selected, summarize, write_result
 
 BASE = {
     "task": "text-classification",
     # pooling: "auto" = mean pooling when the checkpoint ships a sentence-transformers 1_Pooling config
-    # asking for it (MiniLM does); dropped below when this hftl version does not know the key yet.
+    # asking for it (MiniLM does).
     "model": {"model_name_or_path": "zoo:minilm-l6", "pooling": "auto"},
     "data": {"dataset_name": "zoo:tweets-sentiment", "dataset_config_name": "binary", "max_seq_length": 64},
     "training": {
@@ -57,7 +55,7 @@ VARIANTS = [
     # The cache makes head epochs nearly free: the same with a 10x larger head LR.
     ("feature_extraction_head_lr_1e-2", "hftl feature extraction, head lr 1e-2",
      {"strategy": {"preset": "feature_extraction"}, "training": {"learning_rate": 1e-2}}, None),
-    # The naive path for comparison (the model's own pooler on [CLS]); only run when model.pooling exists.
+    # The naive path for comparison (the model's own pooler on [CLS]).
     ("feature_extraction_default_pooling", "hftl feature extraction, `model.pooling: default`",
      {"model": {"pooling": "default"}, "strategy": {"preset": "feature_extraction"},
       "training": {"learning_rate": 1e-3}}, 0.821),
@@ -77,20 +75,6 @@ VARIANTS = [
      {"model": {"model_name_or_path": "RANDOM", "pooling": "mean"}, "strategy": {"preset": "full"},
       "training": {"warmup_steps": 0.1, "weight_decay": 0.01}}, 0.821),
 ]
-
-
-def pooling_supported() -> bool:
-    """Does this hftl accept `model.pooling`? (Being added by the lead developer.)"""
-    import hftl
-    from hftl.errors import RecipeError
-
-    try:
-        hftl.load_recipe(merge(BASE, {"training": {"output_dir": tempfile.gettempdir() + "/hftl-probe"}}))
-        return True
-    except RecipeError as e:
-        if "pooling" in str(e):
-            return False
-        raise
 
 
 def random_init_checkpoint(folder: Path) -> str:
@@ -156,36 +140,26 @@ def main():
     only = args.only.split(",") if args.only else None
     keep = args.epochs is None  # only real runs go into benchmarks/results/
 
-    has_pooling = pooling_supported()
-    print(f"model.pooling accepted by hftl.load_recipe: {has_pooling}", flush=True)
     # Each finished row is stored at once in quality_text.json, so the rows can be run in several invocations.
     raw = load_rows("quality_text", keep)
 
     work = Path(tempfile.mkdtemp(prefix="hftl-bench-text-"))
     try:
-        if not only or any(o in "logreg" for o in only):
-            print("\n=== logreg: frozen MiniLM mean-pooled embeddings + LogisticRegression", flush=True)
-            raw["logreg"] = logistic_regression_baseline()
-            print(json.dumps(raw["logreg"]), flush=True)
-            save_rows("quality_text", raw, keep)
+        if selected("logreg", only):
+            run_row("quality_text", raw, "logreg", "frozen MiniLM mean-pooled embeddings + LogisticRegression",
+                    logistic_regression_baseline, keep)
         for key, label, changes, _ in VARIANTS:
-            if only and not any(o in key for o in only):
+            if not selected(key, only):
                 continue
             recipe = merge(BASE, changes)
-            if not has_pooling:
-                if key == "feature_extraction_default_pooling":
-                    continue  # identical to feature_extraction without the key
-                recipe["model"].pop("pooling", None)
             if recipe["model"]["model_name_or_path"] == "RANDOM":
                 recipe["model"]["model_name_or_path"] = random_init_checkpoint(work / "random-init")
             recipe["training"]["output_dir"] = str(work / key)
             if args.epochs is not None:
                 recipe["training"]["num_train_epochs"] = args.epochs
-            pooling = recipe["model"].get("pooling", "(key not supported)")
-            print(f"\n=== {key}: {label}; model.pooling={pooling}", flush=True)
-            raw[key] = dict(run_recipe(recipe), pooling=pooling)
-            print(json.dumps(raw[key]), flush=True)
-            save_rows("quality_text", raw, keep)
+            pooling = recipe["model"]["pooling"]
+            run_row("quality_text", raw, key, f"{label}; model.pooling={pooling}",
+                    lambda: dict(run_recipe(recipe), pooling=pooling), keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -203,17 +177,11 @@ def main():
 
     table = md_table(["row", "accuracy", "macro-F1", "train s", "trainable params (end)", "model.pooling",
                       "issue's reference"], rows)
-    pooling_note = (
-        "hftl recipes ran with `model.pooling: auto` (mean pooling, from the checkpoint's 1_Pooling config)."
-        if has_pooling else
-        "`model.pooling` was rejected by `hftl.load_recipe` in this version, so the hftl recipes ran without it "
-        "(the classification head reads BERT's pooler on [CLS], which MiniLM never trained)."
-    )
     body = f"""
 all-MiniLM-L6-v2 (`zoo:minilm-l6`) on tweets, positive vs negative (`zoo:tweets-sentiment`, config `binary`:
 2,000 train / 1,000 validation; the majority class is 82.1% of the validation set). 3 epochs, batch 32,
 max_seq_length 64, AdamW, seed 42. Accuracy and macro-F1 on the 1,000 validation tweets; "train s" is the
-Trainer's train_runtime (logistic regression: embedding the training set + fitting). {pooling_note}
+Trainer's train_runtime (logistic regression: embedding the training set + fitting). hftl recipes ran with `model.pooling: auto` (mean pooling, from the checkpoint's 1_Pooling config).
 
 {table}
 
