@@ -75,16 +75,21 @@ def check_peft_section(section, task: str) -> list[str]:
     return problems
 
 
+def _leaf_names(model: nn.Module, keep) -> list[str]:
+    """The last name part of every module `keep(module)` accepts, sorted and once each."""
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if keep(m)})
+
+
 def linear_names(model: nn.Module) -> list[str]:
     from transformers.pytorch_utils import Conv1D
 
-    return sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+    return _leaf_names(model, lambda m: isinstance(m, (nn.Linear, Conv1D)))
 
 
 def layer_hint(model: nn.Module) -> str:
     """The layer names target_modules can use: linear layers, and the non-grouped convolutions of conv nets."""
     hint = f"its linear layers: {', '.join(linear_names(model)) or 'none'}"
-    convs = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1})
+    convs = _leaf_names(model, lambda m: isinstance(m, nn.Conv2d) and m.groups == 1)
     return hint + (f"; its convolutions (LoRA adapts Conv2d too): {', '.join(convs)}" if convs else "")
 
 
