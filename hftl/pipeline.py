@@ -100,8 +100,23 @@ def setup(recipe: Recipe) -> Setup:
     args = TrainingArguments(**training)
     plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
     train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
+    from hftl.preflight import check_first_step
+
+    check_first_step(model, train_ds, collator, recipe, _preflight_device(model, args))
     return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator,
                  cache=_feature_cache(recipe, model, plan, collator, args))
+
+
+def _preflight_device(model, args):
+    """Where the Trainer will put the model (so the pre-flight runs there): args.device, unless DeepSpeed or
+    FSDP place it themselves -- then where it is now."""
+    import os
+
+    launched = any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true" for k in ("DEEPSPEED", "FSDP"))
+    if args.deepspeed or args.fsdp or launched:
+        return next(model.parameters()).device
+    model.to(args.device)
+    return args.device
 
 
 def _feature_cache(recipe: Recipe, model, plan, collator, args):
@@ -196,7 +211,7 @@ def _make_trainer(s: Setup):
     return HftlTrainer(
         model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=s.processor, compute_metrics=classification_metrics,
-        callbacks=s.plan.callbacks, plan=s.plan, lr_spec=s.recipe.strategy.discriminative_lr,
+        callbacks=s.plan.callbacks, plan=s.plan,
         on_nan_loss=s.recipe.on_nan_loss)
 
 
@@ -222,6 +237,7 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
         from hftl.export import merge_adapter
 
         merge_adapter(s.model, s.processor, out / "merged")
+    outputs.fix_modes(out)
     logger.info("outputs written to %s", out)
 
 
