@@ -8,8 +8,8 @@ from torch import nn
 
 from hftl.errors import HftlError
 from hftl.hooks import (
-    GradualUnfreezing, LayerMap, TrainableSet, build_layer_map, build_stages, depth_lrs, names_from_depth, reinit,
-    select, trainable_names,
+    GradualUnfreezing, LayerMap, LrAssignment, TrainableSet, assign_lrs, build_layer_map, build_stages,
+    names_from_depth, reinit, select, trainable_names,
 )
 from hftl.hooks.freezing import check_patterns, matches
 from hftl.hooks.layers import strip_wrappers
@@ -42,12 +42,12 @@ def apply_reinit(model: nn.Module, strategy: StrategySection) -> int:
 class TransferPlan:
     layer_map: LayerMap
     trainable: TrainableSet
-    lrs: list[float]
+    lrs: dict[str, LrAssignment]  # every may-train parameter's group and learning rate: the optimizer's too
     unfreeze_at: dict[int, str]
     callbacks: list = field(default_factory=list)
 
-    def table(self, current_lrs: dict[int, float] | None = None) -> str:
-        return plan_table(self, current_lrs)
+    def table(self) -> str:
+        return plan_table(self)
 
 
 def plan_strategy(model: nn.Module, strategy: StrategySection, *, learning_rate: float, distributed: bool) -> TransferPlan:
@@ -88,7 +88,10 @@ def plan_strategy(model: nn.Module, strategy: StrategySection, *, learning_rate:
         callbacks.append(GradualUnfreezing(trainable, unit, stages))
     else:
         trainable.activate(candidates)
-    lrs = depth_lrs(lm, learning_rate, strategy.discriminative_lr)
+    spec = strategy.discriminative_lr
+    for i, group in enumerate((spec.lr_groups if spec else None) or []):
+        check_patterns(model, group.patterns, f"strategy.discriminative_lr.lr_groups[{i}].patterns")
+    lrs = assign_lrs(lm, trainable.candidates, learning_rate, spec)
     return TransferPlan(lm, trainable, lrs, unfreeze_at, callbacks)
 
 
@@ -107,7 +110,11 @@ def _modules_at(names: list[str], limit: int = 3) -> str:
     return shown + (f", +{len(mods) - limit} more" if len(mods) > limit else "")
 
 
-def plan_table(plan: TransferPlan, current_lrs: dict[int, float] | None = None) -> str:
+def _lr_cell(lrs: list[float]) -> str:
+    return " / ".join(f"{lr:.2e}" for lr in sorted(set(lrs))) if lrs else "-"
+
+
+def plan_table(plan: TransferPlan) -> str:
     """A markdown table: depth, modules, parameters, trainable now, LR at step 0, when it unfreezes."""
     lm, ts = plan.layer_map, plan.trainable
     params = ts.params
@@ -129,9 +136,9 @@ def plan_table(plan: TransferPlan, current_lrs: dict[int, float] | None = None) 
             state = "yes" if len(cand) == len(names) else f"partly ({sum(params[n].numel() for n in cand):,})"
         else:
             state = "not yet"
-        lr = (current_lrs or {}).get(d, plan.lrs[d]) if cand else None
-        rows.append(f"| {d} | {label} | {_modules_at(names)} | {count:,} | {state} | "
-                    f"{'-' if lr is None else f'{lr:.2e}'} | {plan.unfreeze_at.get(d, 'never') if cand else 'never'} |")
+        lr = _lr_cell([plan.lrs[n].lr for n in cand])
+        rows.append(f"| {d} | {label} | {_modules_at(names)} | {count:,} | {state} | {lr} | "
+                    f"{plan.unfreeze_at.get(d, 'never') if cand else 'never'} |")
     pct = 100 * trainable_now / max(total, 1)
     rows.append(f"\nTrainable at step 0: {trainable_now:,} of {total:,} parameters ({pct:.2f}%).")
     adapted = sorted({strip_wrappers(n).split(".base_layer.")[0] for n in params if ".base_layer." in n})

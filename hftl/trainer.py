@@ -7,6 +7,7 @@ The changes, each for a trap the plain Trainer has in transfer learning:
 - a non-finite loss stops the run with the step and the last good checkpoint (or skips the step);
 - evaluation leaves the random state as it found it -- else each DataLoader iterator it creates draws
   from the global RNG, and every later dropout mask (so the trained model) depends on eval_strategy;
+- checkpoint files are readable as the umask says (safetensors writes them 0600);
 - classification losses ignore `num_items_in_batch`, so the Trainer must not treat the loss as
   already normalised (it would then skip the gradient-accumulation division and, with
   average_tokens_across_devices, multiply the loss by world_size).
@@ -19,27 +20,39 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from transformers import TrainerCallback
+
 from hftl.faults import check_loss
 from hftl.hooks import param_groups
 
 
+class ReadableCheckpoints(TrainerCallback):
+    """Checkpoint files get the umask's ordinary mode (safetensors writes weights 0600)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from hftl.outputs import fix_modes
+
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():
+            fix_modes(ckpt)
+
+
 class HftlTrainer(Trainer):
-    def __init__(self, *args, plan=None, lr_spec=None, on_nan_loss: str = "stop", **kwargs):
+    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
-        self.lr_spec = lr_spec
         self.on_nan_loss = on_nan_loss
         self.skipped_steps = 0
         self.model_accepts_loss_kwargs = False
+        self.add_callback(ReadableCheckpoints())
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None or self.plan is None:
             return super().create_optimizer(model)
         model = self.model if model is None else model
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        groups = param_groups(
-            model, self.plan.layer_map, self.plan.trainable.candidates, self.args.learning_rate,
-            self.args.weight_decay, set(self.get_decay_parameter_names(model)), self.lr_spec)
+        # The plan's learning rates, resolved once for the plan table and the optimizer alike.
+        groups = param_groups(model, self.plan.lrs, self.args.weight_decay, set(self.get_decay_parameter_names(model)))
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 

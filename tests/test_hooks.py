@@ -227,6 +227,59 @@ def test_explicit_lr_groups(text_recipe):
             assert all(n.startswith("classifier.") for n in names)
 
 
+LR_MODES = {
+    "none": None,
+    "layer_decay": {"layer_decay": 0.5},
+    "head_lr": {"head_lr": 5e-3},
+    "head_and_backbone_lr": {"head_lr": 1e-2, "backbone_lr": 1e-4},
+    "lr_groups": {"lr_groups": [{"name": "head", "patterns": ["*classifier*"], "lr": 1e-3},
+                                {"name": "emb", "patterns": ["*embeddings*"], "lr": 1e-5}]},
+}
+
+
+def _table_lrs(table: str) -> dict[int, str]:
+    """depth -> the plan table's lr cell."""
+    out = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].isdigit():
+            out[int(cells[0])] = cells[5]
+    return out
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("mode", sorted(LR_MODES))
+def test_plan_and_optimizer_read_one_lr_assignment(mode, peft, text_recipe):
+    """Trap: the plan (and plan.md, the card) once showed training.learning_rate for lr_groups while the
+    optimizer trained at the groups' own rates. Both read one assignment: compared parameter by parameter."""
+    strategy = {"discriminative_lr": LR_MODES[mode]} if LR_MODES[mode] else {}
+    r = hftl.train(text_recipe(strategy=strategy, peft={"method": "lora"} if peft else None,
+                               training={"max_steps": 1, "learning_rate": 3e-3, "weight_decay": 0.01},
+                               data={"max_train_samples": 16, "max_eval_samples": 8}))
+    optimizer_lr = {n: g["initial_lr"] for g in r.trainer.optimizer.param_groups for n in g["param_names"]}
+    assert set(optimizer_lr) == set(r.plan.lrs) == r.plan.trainable.candidates
+    for name, lr in optimizer_lr.items():
+        assert r.plan.lrs[name].lr == lr, name
+    lm = r.plan.layer_map
+    shown = _table_lrs(r.plan.table())
+    for d, cell in shown.items():
+        lrs = sorted({lr for n, lr in optimizer_lr.items() if lm.depth[n] == d})
+        assert cell == (" / ".join(f"{lr:.2e}" for lr in lrs) if lrs else "-"), (d, cell)
+    assert (r.output_dir / "plan.md").read_text().strip() == r.plan.table().strip()
+    if mode == "lr_groups":  # the groups' own rates, not training.learning_rate
+        assert {optimizer_lr[n] for n in optimizer_lr if "classifier" in n} == {1e-3}
+        assert {optimizer_lr[n] for n in optimizer_lr if "embeddings" in n} <= {1e-5}
+
+
+def test_lr_group_pattern_matching_nothing_names_the_key(text_recipe):
+    recipe = text_recipe(strategy={"discriminative_lr": {"lr_groups": [
+        {"name": "head", "patterns": ["classifier.*"], "lr": 1e-3},
+        {"name": "typo", "patterns": ["bert.embedings"], "lr": 1e-5}]}})
+    with pytest.raises(HftlError, match=r"'strategy\.discriminative_lr\.lr_groups\[1\]\.patterns': pattern 'bert\.embedings'"):
+        hftl.train(recipe)
+    assert not hftl.load_recipe(recipe).output_dir.exists()
+
+
 # ------------------------------------------------------------------------------------------ BatchNorm
 
 

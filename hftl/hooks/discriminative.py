@@ -1,4 +1,7 @@
-"""Optimizer param groups by depth: discriminative learning rates (ULMFiT; BEiT/timm layer decay).
+"""Discriminative learning rates (ULMFiT; BEiT/timm layer decay) and the optimizer groups built from them.
+
+`assign_lrs` resolves every parameter's (group, learning rate) once; the optimizer (`param_groups`) and
+the plan table both read that assignment, so they cannot disagree.
 
 Every parameter that may ever train is in a group -- also the ones frozen now -- so that gradual
 unfreezing needs no new optimizer (the Trainer would otherwise drop them: it only keeps
@@ -9,6 +12,7 @@ requires_grad=True). Frozen parameters keep `grad=None`, which torch optimizers 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -16,10 +20,16 @@ from hftl.hooks.freezing import matches
 from hftl.hooks.layers import LayerMap
 
 
+@dataclass(frozen=True)
+class LrAssignment:
+    group: str  # the depth's label, or the lr_groups entry's name ("default" for the rest)
+    lr: float
+
+
 def depth_lrs(layer_map: LayerMap, base_lr: float, spec) -> list[float]:
-    """The learning rate of every depth 0..head_depth for a `strategy.discriminative_lr` spec (or None)."""
+    """The learning rate of every depth 0..head_depth for a depth-based spec (layer_decay, head_lr, backbone_lr)."""
     top = layer_map.head_depth
-    if spec is None or spec.lr_groups is not None:
+    if spec is None:
         return [base_lr] * (top + 1)
     head_lr = spec.head_lr if spec.head_lr is not None else base_lr
     if spec.layer_decay is not None:
@@ -31,31 +41,35 @@ def depth_lrs(layer_map: LayerMap, base_lr: float, spec) -> list[float]:
     return [base_lr] * top + [head_lr]
 
 
-def param_groups(
-    model: nn.Module,
-    layer_map: LayerMap,
-    names: Iterable[str],
-    base_lr: float,
-    weight_decay: float,
-    decay_names: set[str],
-    spec=None,
-) -> list[dict]:
-    """Groups (one per depth x decay/no-decay, or per explicit lr_group) over the parameters `names`."""
-    names = set(names)
+def assign_lrs(layer_map: LayerMap, names: Iterable[str], base_lr: float, spec=None) -> dict[str, LrAssignment]:
+    """name -> (group, lr) for every parameter in `names`: the one place learning rates are resolved.
+
+    `spec` has `lr_groups` (explicit: the first group whose patterns match; others get `base_lr`) or the
+    depth-based keys of `depth_lrs`; None gives every depth `base_lr`."""
+    groups = getattr(spec, "lr_groups", None)
+    if groups is not None:
+        out = {}
+        for n in names:
+            g = next((g for g in groups if matches(n, g.patterns)), None)
+            out[n] = LrAssignment(g.name, g.lr) if g else LrAssignment("default", base_lr)
+        return out
     lrs = depth_lrs(layer_map, base_lr, spec)
+    return {n: LrAssignment(layer_map.labels[layer_map.depth[n]], lrs[layer_map.depth[n]]) for n in names}
+
+
+def param_groups(model: nn.Module, assignment: dict[str, LrAssignment], weight_decay: float,
+                 decay_names: set[str]) -> list[dict]:
+    """Optimizer groups (one per assigned group x decay/no-decay) over the parameters in `assignment`,
+    in the model's parameter order."""
     keyed: dict[tuple, dict] = {}
     for n, p in model.named_parameters():
-        if n not in names:
+        a = assignment.get(n)
+        if a is None:
             continue
         decay = n in decay_names
-        if spec is not None and spec.lr_groups is not None:
-            g = next((g for g in spec.lr_groups if matches(n, g.patterns)), None)
-            key, lr, label = (g.name if g else "default", decay), (g.lr if g else base_lr), (g.name if g else "default")
-        else:
-            d = layer_map.depth[n]
-            key, lr, label = (d, decay), lrs[d], layer_map.labels[d]
-        group = keyed.setdefault(key, {"params": [], "param_names": [], "lr": lr,
-                                       "weight_decay": weight_decay if decay else 0.0, "name": label})
+        group = keyed.setdefault((a.group, a.lr, decay), {
+            "params": [], "param_names": [], "lr": a.lr, "weight_decay": weight_decay if decay else 0.0,
+            "name": a.group})
         group["params"].append(p)
         group["param_names"].append(n)
-    return [keyed[k] for k in sorted(keyed, key=lambda k: (str(type(k[0])), k))]
+    return list(keyed.values())
