@@ -23,6 +23,9 @@ def merge_adapter(peft_model, processor, target: Path) -> Path:
     merged.save_pretrained(str(target))
     if processor is not None:
         processor.save_pretrained(str(target))
+    from hftl.outputs import fix_modes
+
+    fix_modes(target)
     return target
 
 
