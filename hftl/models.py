@@ -45,7 +45,7 @@ def build_model(task, model_section, label_names: list[str]):
     from transformers import AutoConfig
 
     path = resolve_path(model_section)
-    common = dict(revision=model_section.revision, trust_remote_code=model_section.trust_remote_code,
+    common = dict(revision=model_section.model_revision, trust_remote_code=model_section.trust_remote_code,
                   cache_dir=model_section.cache_dir)
     id2label = dict(enumerate(label_names))
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,12 @@ TASKS = ("image-classification", "text-classification")
 PRESETS = ("feature_extraction", "partial", "full")
 
 
+# YAML 1.1's boolean words: recipes read them as strings (YAML 1.2), and a field that takes only a boolean
+# still accepts them (pydantic does for its bool fields; _bool_words does it for TrainingArguments').
+_YAML11_BOOLS = {w: True for w in ("yes", "Yes", "YES", "on", "On", "ON")} | {
+    w: False for w in ("no", "No", "NO", "off", "Off", "OFF")}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,7 +52,7 @@ def _zoo_alias(value: str | None, table: dict, kind: str) -> str | None:
 
 class ModelSection(Section):
     model_name_or_path: str = Field(description="Hub id, local folder, `timm/<name>` or `zoo:<alias>`.")
-    revision: str = Field("main", description="Branch, tag or commit of the checkpoint.")
+    model_revision: str = Field("main", description="Branch, tag or commit of the checkpoint.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless you trust it.")
     ignore_mismatched_sizes: bool = Field(True, description="Replace a pretrained head whose size differs from the labels.")
     config_name: str | None = Field(None, description="Config to use instead of the checkpoint's.")
@@ -60,6 +67,20 @@ class ModelSection(Section):
     @classmethod
     def _zoo_model(cls, v):
         return _zoo_alias(v, zoo.MODELS, "model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _revision_alias(cls, data):
+        # `revision` was hftl's own name; the example scripts' ModelArguments call it model_revision.
+        if isinstance(data, dict) and "revision" in data:
+            data = dict(data)
+            if "model_revision" in data:
+                raise ValueError("give model.model_revision only (model.revision is its deprecated alias)")
+            logging.getLogger("hftl").warning(
+                "Recipe key 'model.revision' is deprecated: use model.model_revision (the transformers example "
+                "scripts' name); it still works for now.")
+            data["model_revision"] = data.pop("revision")
+        return data
 
 
 class AugmentSection(Section):
@@ -115,6 +136,7 @@ class DataSection(Section):
     @field_validator("augment", mode="before")
     @classmethod
     def _augment_off(cls, v):
+        v = _YAML11_BOOLS.get(v, v) if isinstance(v, str) else v
         if v is False:
             return {"random_resized_crop": False, "horizontal_flip": False, "color_jitter": 0.0}
         return {} if v is True or v is None else v
@@ -312,7 +334,8 @@ class Recipe(Section):
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loading, plus YAML 1.2 floats: PyYAML (YAML 1.1) reads `3e-4` as a string."""
+    """Safe loading with YAML 1.2 core-schema scalars: PyYAML (YAML 1.1) reads `3e-4` as a string and
+    `no`/`yes`/`on`/`off` as booleans (so `eval_strategy: no` became False); here only true/false are booleans."""
 
 
 _Loader.add_implicit_resolver(
@@ -324,6 +347,13 @@ _Loader.add_implicit_resolver(
     |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _yaml_load(text: str):
@@ -406,14 +436,28 @@ def _training_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
+def _bool_words(training: dict) -> dict:
+    """`fp16: yes` -> True for the TrainingArguments fields that take only a boolean; `eval_strategy: no` stays 'no'."""
+    import typing
+
+    hints = _training_hints()
+    out = {}
+    for key, value in training.items():
+        allowed = set(typing.get_args(hints.get(key)) or (hints.get(key),))
+        if isinstance(value, str) and value in _YAML11_BOOLS and bool in allowed and str not in allowed:
+            value = _YAML11_BOOLS[value]
+        out[key] = value
+    return out
+
+
 def _default_training(data: dict, name: str) -> dict:
     """hftl's defaults for a transfer run; anything the recipe sets wins."""
     import torch
 
-    training = dict(data)
+    training = _bool_words(data)
     training.setdefault("output_dir", str(Path("outputs") / name))
     training.setdefault("eval_strategy", "epoch")
-    training.setdefault("save_strategy", training["eval_strategy"] if training["eval_strategy"] != "no" else "epoch")
+    training.setdefault("save_strategy", training["eval_strategy"] if training["eval_strategy"] in ("steps", "epoch") else "epoch")
     training.setdefault("logging_strategy", "steps")
     training.setdefault("logging_steps", 10)
     training.setdefault("save_total_limit", 2)

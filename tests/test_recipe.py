@@ -40,7 +40,7 @@ def test_defaults_are_filled_in():
     r = hftl.load_recipe(MINIMAL)
     assert r.training["eval_strategy"] == "epoch" and r.training["report_to"] == "none"
     assert r.training["average_tokens_across_devices"] is False
-    assert r.model.trust_remote_code is False and r.model.revision == "main"
+    assert r.model.trust_remote_code is False and r.model.model_revision == "main"
     assert r.strategy.freeze == "none" and r.seed == 42
     r = hftl.load_recipe({**MINIMAL, "strategy": {"preset": "feature_extraction"}})
     assert r.strategy.freeze == "backbone" and r.strategy.freeze_batchnorm is True
@@ -96,3 +96,39 @@ def test_validate_cli_prints_resolved_recipe_or_errors(tmp_path):
     p.write_text(yaml.safe_dump({**MINIMAL, "trainig": {}}))
     bad = subprocess.run([sys.executable, "-m", "hftl.cli", "validate", str(p)], capture_output=True, text=True)
     assert bad.returncode == 1 and "Did you mean 'training'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_yaml_1_1_boolean_words_are_strings(tmp_path):
+    """`eval_strategy: no` is how the Trainer docs spell it; YAML 1.1 (PyYAML) read it as False."""
+    p = tmp_path / "r.yaml"
+    p.write_text("task: text-classification\nmodel: {model_name_or_path: m}\ndata: {train_file: t.csv, augment: no}\n"
+                 "training: {eval_strategy: no, save_strategy: no, fp16: no, use_cpu: yes}\noverwrite_output_dir: yes\n")
+    r = hftl.load_recipe(p)
+    assert r.training["eval_strategy"] == "no" and r.training["save_strategy"] == "no"
+    # Fields that take only a boolean accept the words as before.
+    assert r.training["fp16"] is False and r.training["use_cpu"] is True and r.overwrite_output_dir is True
+    assert r.data.augment.horizontal_flip is False
+    r = hftl.load_recipe(MINIMAL, overrides=["training.eval_strategy=no", "training.save_strategy=no",
+                                             "strategy.freeze_batchnorm=on"])
+    assert r.training["eval_strategy"] == "no" and r.training["save_strategy"] == "no"
+    assert r.strategy.freeze_batchnorm is True
+    assert yaml.safe_load(r.to_yaml())["training"]["eval_strategy"] == "no"  # the saved recipe round-trips
+
+
+def test_bad_interval_strategy_lists_the_allowed_values():
+    with pytest.raises(RecipeError) as err:
+        hftl.load_recipe(MINIMAL, overrides=["training.eval_strategy=maybe"])
+    msg = str(err.value)
+    assert "'training.eval_strategy'" in msg and "'training.save_strategy'" not in msg
+    assert "maybe" in msg and "['no', 'steps', 'epoch']" in msg
+
+
+def test_model_revision_and_its_deprecated_alias(caplog):
+    r = hftl.load_recipe({**MINIMAL, "model": {"model_name_or_path": "m", "model_revision": "v2"}})
+    assert r.model.model_revision == "v2"
+    with caplog.at_level("WARNING", logger="hftl"):
+        r = hftl.load_recipe({**MINIMAL, "model": {"model_name_or_path": "m", "revision": "v1"}})
+    assert r.model.model_revision == "v1"
+    assert "'model.revision' is deprecated: use model.model_revision" in caplog.text
+    with pytest.raises(RecipeError, match="model_revision only"):
+        hftl.load_recipe({**MINIMAL, "model": {"model_name_or_path": "m", "revision": "a", "model_revision": "b"}})

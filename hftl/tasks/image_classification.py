@@ -34,7 +34,7 @@ class Preprocessing:
 
 def load_processor(model_section, path: str):
     return AutoImageProcessor.from_pretrained(
-        model_section.image_processor_name or path, revision=model_section.revision,
+        model_section.image_processor_name or path, revision=model_section.model_revision,
         trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
 
 

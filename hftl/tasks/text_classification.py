@@ -13,7 +13,7 @@ _DEFAULT_COLUMNS = ("sentence", "text")
 
 def load_processor(model_section, path: str):
     tokenizer = AutoTokenizer.from_pretrained(
-        model_section.tokenizer_name or path, revision=model_section.revision,
+        model_section.tokenizer_name or path, revision=model_section.model_revision,
         trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-style tokenizers have no pad token
