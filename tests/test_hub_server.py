@@ -238,14 +238,19 @@ reloaded = BertForSequenceClassification.from_pretrained("alice/tiny-bert").eval
 inputs = torch.tensor([[5, 17, 42, 3, 0]])
 with torch.no_grad():
     diff = (model(inputs).logits - reloaded(inputs).logits).abs().max().item()
-print(json.dumps({"max_diff": diff}))
+saved, loaded = model.state_dict(), reloaded.state_dict()
+weights_equal = saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+print(json.dumps({"max_diff": diff, "weights_equal": weights_equal}))
 """
 
 
 def test_transformers_push_to_hub_and_from_pretrained(tmp_path):
     with HubServer(token=TOKEN) as hub:
         out = run_client(hub, tmp_path, TRANSFORMERS_PUSH)
-        assert out["max_diff"] == 0.0
+        # The round trip is lossless: every tensor bit-identical. (The logits of a reloaded copy can differ in
+        # the last float bit with transformers 5.24 / torch 2.14: loaded tensors take another kernel path.)
+        assert out["weights_equal"] is True
+        assert out["max_diff"] < 1e-6
         repo = hub.repos["alice/tiny-bert"]
         assert {"config.json", "model.safetensors"} <= set(repo.files)
         assert "model.safetensors" in repo.lfs_paths
