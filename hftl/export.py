@@ -21,6 +21,9 @@ def merge_adapter(peft_model, processor, target: Path) -> Path:
         raise HftlError(f"PEFT cannot merge this {method} adapter: {e}".replace("\n", " ")) from None
     target.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(target))
+    from hftl.pooling import make_portable
+
+    make_portable(target, merged)
     if processor is not None:
         processor.save_pretrained(str(target))
     from hftl.outputs import fix_modes

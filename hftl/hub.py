@@ -52,6 +52,35 @@ def _operations(out: Path, upload: str) -> list:
     return ops
 
 
+def _point_card_at(op, repo_id: str):
+    """The card's "How to use" loads `model_id`: on the Hub that is the repo, not the trainer's folder."""
+    import re
+
+    from huggingface_hub import CommitOperationAdd
+
+    if op.path_in_repo != "README.md":
+        return op
+    card = op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_bytes()
+    text = re.sub(r'^model_id = ".*"  # this folder, or its Hub repo id$', f'model_id = "{repo_id}"',
+                  card.decode("utf-8"), flags=re.M)
+    return CommitOperationAdd("README.md", text.encode("utf-8"))
+
+
+def _check_pooled_adapter(out: Path, upload: str) -> None:
+    """An adapter trained on mean/cls pooling loads wrong through PEFT's loaders (the base's own pooler)."""
+    from hftl.recipe import load_recipe
+
+    if upload != "adapter" or not (out / "adapter_config.json").is_file() or not (out / "recipe.yaml").is_file():
+        return
+    pooling = load_recipe(out / "recipe.yaml").model.pooling  # the saved recipe holds the pooling it resolved to
+    if pooling in ("mean", "cls"):
+        merged = "" if (out / "merged" / "config.json").is_file() else f" (write it first: hftl export {out} --merge)"
+        raise HftlError(
+            f"'{out}' holds an adapter trained on {pooling} pooling, which PEFT's loaders do not restore (they put "
+            f"the adapter on the base model's own pooler), so it would predict differently for whoever downloads it. "
+            f"Push the merged model instead: --upload merged or both{merged}; loading it needs trust_remote_code=True.")
+
+
 def _redact(text: str) -> str:
     """Never let the token reach a message, whatever the error text holds."""
     from huggingface_hub import get_token
@@ -89,7 +118,8 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     out = Path(output_dir)
     if not out.is_dir():
         raise HftlError(f"'{out}' is not an output dir.")
-    operations = _operations(out, hub.upload)
+    _check_pooled_adapter(out, hub.upload)
+    operations = [_point_card_at(op, hub.repo_id) for op in _operations(out, hub.upload)]
     api = HfApi()
     try:
         # create_repo first: the cheapest call, so a bad token or an unreachable Hub fails before any upload.

@@ -59,6 +59,10 @@ def build_model(task, model_section, label_names: list[str]):
             output_loading_info=True, **common)
     except (OSError, ValueError, KeyError) as e:
         raise _load_error(path, e) from None
+    if isinstance(getattr(model.config, "label_names", None), list):
+        # TimmWrapperConfig keeps the checkpoint's `label_names` when loaded with a new id2label, and writes those
+        # stale names back into config.json (so pipeline() would name the classes after the old head).
+        model.config.label_names = list(label_names)
     from hftl.pooling import apply_pooling
 
     pooling = apply_pooling(model, getattr(model_section, "pooling", "default"), path)

@@ -96,8 +96,55 @@ def plot_curves(log_history: list[dict], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+EXAMPLE_INPUTS = {"text-classification": '"I love this!"', "image-classification": '"path/to/image.jpg"'}
+
+
+def usage_snippet(recipe, label_names: list[str], pooling: str, adapter: bool, merged: bool) -> str:
+    """Python that loads this run with the ecosystem's own loaders (run by the tests)."""
+    task = recipe.task
+    text = task == "text-classification"
+    example = EXAMPLE_INPUTS[task]
+    trunc = ", truncation=True" if text else ""
+    head = [f'model_id = "{recipe.output_dir}"  # this folder, or its Hub repo id']
+    pooled = pooling != "default"
+    if not adapter:
+        remote = ", trust_remote_code=True" if pooled else ""
+        note = ([f"# trust_remote_code: the {pooling} pooling the classifier was trained on ships as code in this "
+                 "folder (hftl_pooling.py);", "# without it transformers refuses to load the model."] if pooled else [])
+        return "\n".join(["from transformers import pipeline", "", *head, *note,
+                          f'classifier = pipeline("{task}", model=model_id{trunc}{remote})',
+                          f"print(classifier({example}))"])
+    if pooled:
+        lines = ["import hftl", "", *head,
+                 f"# The adapter was trained on {pooling} pooling, which PEFT's loaders do not restore (they put it on",
+                 "# the base model's own pooler): load it with hftl, or use the merged model.",
+                 "model = hftl.load_model(model_id)"]
+        if merged:
+            lines += ["", "from transformers import pipeline", "",
+                      f'classifier = pipeline("{task}", model=f"{{model_id}}/merged"{trunc}, trust_remote_code=True)',
+                      f"print(classifier({example}))"]
+        return "\n".join(lines)
+    id2label = dict(enumerate(label_names))
+    labels = (f"num_labels={len(label_names)}, id2label={id2label!r}, "
+              f"label2id={ {v: k for k, v in id2label.items()}!r}")
+    if text:
+        return "\n".join([
+            "from peft import AutoPeftModelForSequenceClassification", "from transformers import AutoTokenizer, pipeline",
+            "", *head, f"model = AutoPeftModelForSequenceClassification.from_pretrained(model_id, {labels})",
+            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+            f'classifier = pipeline("{task}", model=model, tokenizer=tokenizer{trunc})', f"print(classifier({example}))"])
+    return "\n".join([
+        "from peft import PeftConfig, PeftModel", "from transformers import AutoImageProcessor, "
+        "AutoModelForImageClassification, pipeline", "", *head, "config = PeftConfig.from_pretrained(model_id)",
+        "base = AutoModelForImageClassification.from_pretrained(",
+        f"    config.base_model_name_or_path, {labels}, ignore_mismatched_sizes=True)",
+        "model = PeftModel.from_pretrained(base, model_id)",
+        f'classifier = pipeline("{task}", model=model, image_processor=AutoImageProcessor.from_pretrained(model_id))',
+        f"print(classifier({example}))"])
+
+
 def model_card(recipe, metrics: dict, plan_table: str, preprocessing: str, label_names: list[str],
-               adapter: dict | None, n_train: int, n_eval: int) -> str:
+               adapter: dict | None, n_train: int, n_eval: int, usage: str = "") -> str:
     base = recipe.model.model_name_or_path
     lines = [
         "---",
@@ -131,6 +178,8 @@ def model_card(recipe, metrics: dict, plan_table: str, preprocessing: str, label
         lines += ["", "## Adapter", "", "| setting | value |", "|---|---|"]
         for k, v in adapter.items():
             lines.append(f"| {k} | {', '.join(map(str, v)) if isinstance(v, list) else v} |")
+    if usage:
+        lines += ["", "## How to use", "", "```python", usage, "```"]
     lines += ["", "## Transfer strategy", "", plan_table, "", "## Training", "",
               "| argument | value |", "|---|---|"]
     for k, v in sorted(recipe.training.items()):

@@ -93,6 +93,9 @@ def setup(recipe: Recipe) -> Setup:
     splits = load_splits(recipe.data, recipe.seed)
     processor = models.load_processor(task, recipe.model)
     model = models.build_model(task, recipe.model, splits.label_names)
+    # What the run evaluates with and saves, so plain transformers loads preprocess as the run did.
+    processor = task.portable_processor(processor, recipe.data, model)
+    _check_pooled_adapter_push(recipe, model)
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
         model = build_peft_model(model, recipe.peft, task.PEFT_TASK_TYPE, find_head(model))
@@ -105,6 +108,21 @@ def setup(recipe: Recipe) -> Setup:
     check_first_step(model, train_ds, collator, recipe, _preflight_device(model, args))
     return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator,
                  cache=_feature_cache(recipe, model, plan, collator, args))
+
+
+def _check_pooled_adapter_push(recipe: Recipe, model) -> None:
+    """PEFT's loaders put an adapter on the base model's own pooler: a mean/cls-pooled adapter alone would
+    predict differently for whoever downloads it. Refused before training, with what to push instead."""
+    from hftl.pooling import pooling_of
+
+    pooling = pooling_of(model)
+    if recipe.peft is None or pooling == "default" or not recipe.hub.push or recipe.hub.upload != "adapter":
+        return
+    raise HftlError(
+        f"Recipe key 'hub.upload': 'adapter' alone would load wrong for others: the model trains on {pooling} "
+        f"pooling (model.pooling: {recipe.model.pooling}), which PEFT's loaders do not restore (they put the adapter "
+        "on the base model's own pooler). Set hub.upload: merged or both with peft.merge: true (the merged model "
+        "carries the pooling; loading it needs trust_remote_code=True), or model.pooling: default.")
 
 
 def _preflight_device(model, args):
@@ -126,10 +144,10 @@ def _feature_cache(recipe: Recipe, model, plan, collator, args):
     mode = recipe.strategy.cache_features
     if mode is False:
         return None
-    aug = recipe.data.augment
-    augment_on = recipe.task == "image-classification" and (
-        aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0)
-    reason = why_not(model, plan, recipe.strategy, augment_on)
+    from hftl.tasks import get_task
+
+    augmenting = getattr(get_task(recipe.task), "augmenting", None)
+    reason = why_not(model, plan, recipe.strategy, bool(augmenting and augmenting(recipe.data)))
     if reason is not None:
         if mode is True:
             raise HftlError(f"Recipe key 'strategy.cache_features' is true but {reason}.")
@@ -219,26 +237,41 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     from hftl import outputs
     from hftl.adapters import adapter_summary
 
+    from hftl.pooling import make_portable
+
     out = s.recipe.output_dir
     trainer.save_model(str(out))  # adapter (+ head) for PEFT runs, the full model otherwise; safetensors
+    if s.recipe.peft is None:
+        make_portable(out, s.model)  # mean/cls pooling: config.json + the code plain transformers needs
     adapter = adapter_summary(s.model) if s.recipe.peft is not None else None
     table = s.plan.table()
-    outputs.write_text(out / "recipe.yaml", s.recipe.to_yaml())
+    outputs.write_text(out / "recipe.yaml", _resolved(s.recipe, s.model).to_yaml())
     outputs.write_json(out / "metrics.json", metrics)
     outputs.write_text(out / "plan.md", table + "\n")
     outputs.write_json(out / "labels.json", s.splits.label_names)
     outputs.plot_curves(trainer.state.log_history, out / "curves.png", f"{s.recipe.task}: {s.recipe.model.model_name_or_path}")
+    from hftl.pooling import pooling_of
+
+    merged = s.recipe.peft is not None and s.recipe.peft.merge
+    usage = outputs.usage_snippet(s.recipe, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)
     card = outputs.model_card(
         s.recipe, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
-        adapter, len(s.train_dataset), len(s.eval_dataset))
+        adapter, len(s.train_dataset), len(s.eval_dataset), usage)
     outputs.write_text(out / "README.md", card)
-    if s.recipe.peft is not None and s.recipe.peft.merge:
+    if merged:
         # last, so that a failed merge still leaves a complete, loadable adapter run
         from hftl.export import merge_adapter
 
         merge_adapter(s.model, s.processor, out / "merged")
     outputs.fix_modes(out)
     logger.info("outputs written to %s", out)
+
+
+def _resolved(recipe: Recipe, model) -> Recipe:
+    """The recipe as it ran: model.pooling 'auto' becomes the pooling it resolved to."""
+    from hftl.pooling import pooling_of
+
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update={"pooling": pooling_of(model)})})
 
 
 def load_model(output_dir: str | Path):
@@ -260,8 +293,8 @@ def load_model(output_dir: str | Path):
         base = models.build_model(task, recipe.model, labels)
         model = PeftModel.from_pretrained(base, str(out))
     else:
-        from hftl.pooling import apply_pooling
+        from hftl.pooling import load_portable, needs_remote_code
 
-        model = task.AUTO_MODEL.from_pretrained(str(out))
-        apply_pooling(model, getattr(model.config, "hftl_pooling", None) or "default")
+        # A pooled run is built from hftl's own copy of its code: no trust_remote_code here.
+        model = load_portable(out) if needs_remote_code(out) else task.AUTO_MODEL.from_pretrained(str(out))
     return model.eval()

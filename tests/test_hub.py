@@ -237,3 +237,63 @@ def test_unreachable_hub_fails_fast_and_clearly(output_dir, tmp_path):
     assert "could not be reached" in proc.stderr and "hftl push" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert elapsed < 30, f"took {elapsed:.0f}s: the push should fail on the first request"
+
+
+POOLED_DOWNLOAD = """
+from transformers import AutoModelForSequenceClassification, pipeline
+
+classify = pipeline("text-classification", model=ARGS["repo_id"], trust_remote_code=True, truncation=True)
+out = {"scores": [[p["label"], p["score"]] for p in classify(ARGS["sentences"])]}
+try:
+    AutoModelForSequenceClassification.from_pretrained(ARGS["repo_id"])
+except ValueError as e:
+    out["refused"] = str(e)
+print()  # transformers' "run the custom code? [y/N]" prompt (answered by EOF) leaves the line open
+print(json.dumps(out))
+"""
+
+
+def _train(recipe: dict):
+    import torch
+
+    import hftl
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return hftl.train(recipe)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pushed_mean_pooled_run_loads_with_its_pooling(text_recipe, tmp_path):
+    """What `hub.push` uploads works for whoever downloads it: the pooling code goes up with the model, the
+    card's snippet names the repo, and a plain load without trust_remote_code is refused."""
+    from transformers import pipeline
+
+    result = _train(text_recipe(training=FAST, data=SMALL, model={"pooling": "mean"}))
+    local = pipeline("text-classification", model=str(result.output_dir), trust_remote_code=True, truncation=True)
+    expected = [[p["label"], p["score"]] for p in local(SENTENCES)]
+    with HubServer(token=TOKEN) as hub:
+        proc = cli_push(hub, tmp_path, result.output_dir, "alice/pooled")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        repo = hub.repos["alice/pooled"]
+        assert {"config.json", "model.safetensors", "hftl_pooling.py", "README.md"} <= set(repo.files)
+        assert 'model_id = "alice/pooled"' in repo.files["README.md"].decode()
+        out = run_script(hub, tmp_path, "download", POOLED_DOWNLOAD, {"repo_id": "alice/pooled", "sentences": SENTENCES})
+    assert [label for label, _ in out["scores"]] == [label for label, _ in expected]
+    assert max(abs(a[1] - b[1]) for a, b in zip(out["scores"], expected)) < 1e-5
+    assert "trust_remote_code=True" in out["refused"]
+
+
+def test_pooled_adapter_is_pushed_only_with_its_merged_model(text_recipe, tmp_path):
+    result = _train(text_recipe(training=FAST, data=SMALL, model={"pooling": "mean"},
+                                peft={"method": "lora", "merge": True}))
+    with HubServer(token=TOKEN) as hub:
+        refused = cli_push(hub, tmp_path, result.output_dir, "alice/pooled-lora")
+        assert refused.returncode == 1 and "alice/pooled-lora" not in hub.repos
+        assert "mean pooling" in refused.stderr and "--upload merged" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        ok = cli_push(hub, tmp_path, result.output_dir, "alice/pooled-lora", "--upload", "merged")
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        assert {"config.json", "model.safetensors", "hftl_pooling.py"} <= set(hub.repos["alice/pooled-lora"].files)

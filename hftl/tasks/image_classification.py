@@ -50,12 +50,32 @@ def _get(obj, key):
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def preprocessing_of(processor, image_size: tuple[int, int] | None = None) -> Preprocessing:
-    """Size, mean, std, interpolation and crop from the processor the checkpoint ships; `image_size`
-    (data.image_size) replaces size and crop by a straight resize."""
-    if image_size:
-        pre = preprocessing_of(processor)
-        return Preprocessing(tuple(image_size), tuple(image_size), pre.mean, pre.std, pre.interpolation)
+def portable_processor(processor, data, model):
+    """The image processor the run evaluates with and saves: the checkpoint's own, or with `data.image_size`
+    one that resizes straight to that size (no crop) with the checkpoint's mean, std and interpolation -- so
+    `AutoImageProcessor.from_pretrained(run)` preprocesses as the run did. timm models keep it in
+    `config.pretrained_cfg`, which their TimmWrapperImageProcessor reads from config.json."""
+    if not data.image_size:
+        return processor
+    h, w = data.image_size
+    if getattr(processor, "data_config", None):
+        from transformers import TimmWrapperImageProcessor
+
+        # crop_mode "squash": timm resizes to (h, w) exactly, whatever the aspect ratio.
+        cfg = dict(model.config.pretrained_cfg, input_size=[3, h, w], crop_pct=1.0, crop_mode="squash")
+        model.config.pretrained_cfg = cfg
+        return TimmWrapperImageProcessor(pretrained_cfg=cfg, architecture=getattr(model.config, "architecture", None))
+    from transformers import ViTImageProcessor
+
+    pre = preprocessing_of(processor)
+    return ViTImageProcessor(
+        do_resize=True, size={"height": h, "width": w}, resample=_get(processor, "resample") or 2, do_rescale=True,
+        rescale_factor=_get(processor, "rescale_factor") or 1 / 255, do_normalize=True, image_mean=list(pre.mean),
+        image_std=list(pre.std))
+
+
+def preprocessing_of(processor) -> Preprocessing:
+    """Size, mean, std, interpolation and crop from an image processor (the checkpoint's, or portable_processor's)."""
     cfg = getattr(processor, "data_config", None)
     if cfg:  # timm (TimmWrapperImageProcessor)
         h, w = cfg["input_size"][-2:]
@@ -98,6 +118,12 @@ def transforms(pre: Preprocessing, augment, train: bool):
     return T.Compose(steps)
 
 
+def augmenting(data) -> bool:
+    """Whether training sees random transforms (then features cannot be cached)."""
+    aug = data.augment
+    return bool(aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0)
+
+
 def _check_images(ds, column: str, split: str):
     """Decode every image once before training, so a broken file is named now, not mid-epoch."""
     from datasets import Image
@@ -116,6 +142,8 @@ def _check_images(ds, column: str, split: str):
 
 
 def prepare(splits, processor, data, model=None):
+    """Train: torchvision transforms (augmentation) at the processor's size; evaluation: the processor itself,
+    the one saved with the run, so the ecosystem's loaders preprocess exactly as the run's evaluation did."""
     from datasets import Image
 
     column = data.image_column_name
@@ -123,18 +151,27 @@ def prepare(splits, processor, data, model=None):
         raise HftlError(
             f"Recipe key 'data.image_column_name': column '{column}' not in the data; columns are: "
             f"{', '.join(splits.train.column_names)}.{did_you_mean(column, splits.train.column_names)}")
-    pre = preprocessing_of(processor, data.image_size)
+    pre = preprocessing_of(processor)
     if data.image_size and model is not None:
         _check_input_size(model, pre.size)
+    train_tf = transforms(pre, data.augment, train=True)
+
+    def evaluation_tf(images):
+        return list(processor(images=images, return_tensors="pt")["pixel_values"])
+
+    if not augmenting(data):
+        train_tf = None  # train on exactly what evaluation (and the saved processor) computes
+
     out = []
     for name, ds, train in (("train", splits.train, True), ("validation", splits.validation, False)):
         if not isinstance(ds.features[column], Image):
             ds = ds.cast_column(column, Image())  # e.g. file paths in a csv
         _check_images(ds, column, name)
-        tf = transforms(pre, data.augment, train)
 
-        def apply(batch, tf=tf):
-            return {"pixel_values": [tf(im.convert("RGB")) for im in batch[column]], "labels": batch["labels"]}
+        def apply(batch, train=train):
+            images = [im.convert("RGB") for im in batch[column]]
+            pixels = [train_tf(im) for im in images] if train and train_tf else evaluation_tf(images)
+            return {"pixel_values": pixels, "labels": batch["labels"]}
 
         ds = ds.remove_columns([c for c in ds.column_names if c not in (column, "labels")])
         ds.set_transform(apply)
@@ -159,8 +196,9 @@ def _check_input_size(model, size: tuple[int, int]):
 
 
 def describe_preprocessing(processor, data) -> str:
-    p = preprocessing_of(processor, data.image_size)
+    p = preprocessing_of(processor)
     aug = data.augment
-    return (f"resize {p.resize} -> center crop {p.size}, {p.interpolation.value}, mean {p.mean}, std {p.std}; "
+    crop = f" -> center crop {p.size}" if p.resize != p.size else ""
+    return (f"{type(processor).__name__}: resize {p.resize}{crop}, {p.interpolation.value}, mean {p.mean}, std {p.std}; "
             f"train augmentation: random_resized_crop={aug.random_resized_crop}, horizontal_flip={aug.horizontal_flip}, "
             f"color_jitter={aug.color_jitter}")

@@ -20,6 +20,18 @@ def load_processor(model_section, path: str):
     return tokenizer
 
 
+def portable_processor(tokenizer, data, model):
+    """The tokenizer the run saves: model_max_length is the run's max_seq_length, so `pipeline(...,
+    truncation=True)` cuts texts where the run did."""
+    tokenizer.model_max_length = _max_length(tokenizer, data)
+    return tokenizer
+
+
+def _max_length(tokenizer, data) -> int:
+    limit = getattr(tokenizer, "model_max_length", None) or data.max_seq_length
+    return min(data.max_seq_length, limit)
+
+
 def _text_columns(ds, data) -> list[str]:
     if data.text_column_names:
         if len(data.text_column_names) > 2:
@@ -52,7 +64,7 @@ def _check_texts(ds, columns, split):
 def prepare(splits, tokenizer, data, model=None):
     """Tokenize both splits (truncation to max_seq_length; padding per batch by the collator)."""
     columns = _text_columns(splits.train, data)
-    max_len = min(data.max_seq_length, getattr(tokenizer, "model_max_length", data.max_seq_length) or data.max_seq_length)
+    max_len = _max_length(tokenizer, data)
 
     def tokenize(batch):
         texts = [batch[c] for c in columns]
