@@ -30,8 +30,9 @@ def text_row(out: Path) -> list:
     val = zoo.load_dataset("zoo:tweets-sentiment", None)["validation"]
     names = val.features["label"].names
     truth = [names[i] for i in val["label"]]
+    texts = list(val["text"])  # datasets 5 returns a Column, pipeline() wants a list
     classify = pipeline("text-classification", model=str(out), trust_remote_code=True, truncation=True, batch_size=64)
-    predicted = [p["label"] for p in classify(val["text"])]
+    predicted = [p["label"] for p in classify(texts)]
     plain = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
     try:
         AutoModelForSequenceClassification.from_pretrained(str(out))
@@ -51,7 +52,7 @@ def image_row(out: Path) -> list:
 
     val = zoo.load_dataset("zoo:fashion-mnist", None)["validation"]
     names = val.features["label"].names
-    images, truth = [im.convert("RGB") for im in val["image"]], [names[i] for i in val["label"]]
+    images, truth = [im.convert("RGB") for im in list(val["image"])], [names[i] for i in list(val["label"])]
     processor = AutoImageProcessor.from_pretrained(str(out))
     model = AutoModelForImageClassification.from_pretrained(str(out)).eval()
     predicted = []
