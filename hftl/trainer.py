@@ -7,7 +7,7 @@ The changes, each for a trap the plain Trainer has in transfer learning:
 - a non-finite loss stops the run with the step and the last good checkpoint (or skips the step);
 - evaluation leaves the random state as it found it -- else each DataLoader iterator it creates draws
   from the global RNG, and every later dropout mask (so the trained model) depends on eval_strategy;
-- checkpoint files are readable as the umask says (safetensors writes them 0600);
+- checkpoints load like the final model (pooling code shipped) and are readable as the umask says;
 - classification losses ignore `num_items_in_batch`, so the Trainer must not treat the loss as
   already normalised (it would then skip the gradient-accumulation division and, with
   average_tokens_across_devices, multiply the loss by world_size).
@@ -26,15 +26,20 @@ from hftl.faults import check_loss
 from hftl.hooks import param_groups
 
 
-class ReadableCheckpoints(TrainerCallback):
-    """Checkpoint files get the umask's ordinary mode (safetensors writes weights 0600)."""
+class PortableCheckpoints(TrainerCallback):
+    """A checkpoint folder is a model too: mean/cls pooling ships with it (see hftl/pooling.py) and its files get
+    the umask's ordinary mode (safetensors writes weights 0600)."""
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         from hftl.outputs import fix_modes
+        from hftl.pooling import make_portable
 
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and ckpt.is_dir():
-            fix_modes(ckpt)
+        if not (state.is_world_process_zero and ckpt.is_dir()):
+            return
+        if model is not None and (ckpt / "config.json").is_file() and not (ckpt / "adapter_config.json").is_file():
+            make_portable(ckpt, model)
+        fix_modes(ckpt)
 
 
 class HftlTrainer(Trainer):
@@ -44,7 +49,7 @@ class HftlTrainer(Trainer):
         self.on_nan_loss = on_nan_loss
         self.skipped_steps = 0
         self.model_accepts_loss_kwargs = False
-        self.add_callback(ReadableCheckpoints())
+        self.add_callback(PortableCheckpoints())
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None or self.plan is None:
@@ -67,6 +72,18 @@ class HftlTrainer(Trainer):
             self.skipped_steps += 1
             return torch.zeros_like(loss)
         return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also carry each param group's learning rate (for curves.png and report_to), for the
+        groups that train now: discriminative LRs as parallel lines, gradual unfreezing as lines that start."""
+        if "loss" in logs and self.optimizer is not None and self.plan is not None:
+            from hftl.outputs import LR_PREFIX
+
+            active = self.plan.trainable.active
+            for group in self.optimizer.param_groups:
+                if any(n in active for n in group.get("param_names", [])):
+                    logs.setdefault(LR_PREFIX + str(group.get("name", "default")), group["lr"])
+        super().log(logs, start_time)
 
     def evaluate(self, *args, **kwargs):
         dev = self.args.device

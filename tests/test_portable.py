@@ -125,6 +125,23 @@ def test_text_run_loads_in_plain_transformers(pooling, text_recipe, long_text_cs
             AutoModelForSequenceClassification.from_pretrained(str(out))
 
 
+def test_pooled_checkpoints_load_and_resume(text_recipe, long_text_csv):
+    """A checkpoint folder is a model too; and the Trainer still resumes from one whose config.json hftl changed."""
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = hftl.load_recipe(text_recipe_for(text_recipe, long_text_csv, model={"pooling": "mean"}),
+                              overrides=["training.save_strategy=epoch"])
+    result = hftl.train(recipe)
+    out = result.output_dir
+    texts, _ = validation_rows(long_text_csv[1])
+    first, last = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    expected = text_logits(result.model, out, texts)
+    from_last = AutoModelForSequenceClassification.from_pretrained(str(last), trust_remote_code=True)
+    assert (text_logits(from_last, out, texts) - expected).abs().max() < 1e-5
+    resumed = hftl.train(recipe, overrides=[f"training.resume_from_checkpoint={first}", "overwrite_output_dir=true"])
+    assert (text_logits(resumed.model, out, texts) - expected).abs().max() < 1e-5
+
+
 def test_truncation_matters_for_these_texts(text_recipe, long_text_csv):
     """The control for the model_max_length check: without truncation the same pipeline predicts differently."""
     from transformers import pipeline
