@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--revision", default=None)
     u.add_argument("--commit-message", default="Upload with hftl")
     u.add_argument("--upload", choices=("adapter", "merged", "both"), default="adapter")
+    u.add_argument("--base-model", default=None, help="Hub id of the base model, when the run's base was a local folder")
+    u.add_argument("--strict", action="store_true", help="refuse to push a run whose base model has no Hub id")
     return p
 
 
@@ -63,7 +65,8 @@ def _run(args) -> int:
         from hftl.recipe import HubSection
 
         hub = HubSection(push=True, repo_id=args.repo_id, private=args.private, revision=args.revision,
-                         commit_message=args.commit_message, upload=args.upload)
+                         commit_message=args.commit_message, upload=args.upload, base_model=args.base_model,
+                         strict=args.strict)
         print(push_output_dir(args.output_dir, hub))
         return 0
     return 2

@@ -47,23 +47,77 @@ def _operations(out: Path, upload: str) -> list:
     # "merged": a plain transformers model at the root; the run's card goes with it, relabelled for the Hub.
     ops = [CommitOperationAdd(rel, str(p)) for rel, p in _files(out / "merged", skip_merged=False)]
     if (out / "README.md").is_file() and not (out / "merged" / "README.md").is_file():
-        card = (out / "README.md").read_text(encoding="utf-8").replace("library_name: peft", "library_name: transformers", 1)
-        ops.append(CommitOperationAdd("README.md", card.encode("utf-8")))
+        from huggingface_hub import ModelCard
+
+        card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+        card.data.library_name = "transformers"
+        ops.append(CommitOperationAdd("README.md", str(card).encode("utf-8")))
     return ops
 
 
-def _point_card_at(op, repo_id: str):
-    """The card's "How to use" loads `model_id`: on the Hub that is the repo, not the trainer's folder."""
+def is_local_path(name: str) -> bool:
+    p = Path(name).expanduser()
+    return p.is_absolute() or name.startswith((".", "~")) or p.exists() or name.count("/") > 1
+
+
+def base_model_id(recipe) -> str | None:
+    """The Hub id whoever downloads the run can load its base model from: hub.base_model, the zoo alias's
+    origin, or model_name_or_path itself when it is a Hub id. None when the base is known only by a local path."""
+    from hftl import zoo
+
+    name = recipe.model.model_name_or_path
+    return recipe.hub.base_model or zoo.hub_id(name) or (None if is_local_path(name) else name)
+
+
+def _retarget(op, repo_id: str, base: str | None):
+    """What goes up names the Hub, not the trainer's disk: the card's `model_id` is the repo, and the adapter
+    config and card name the base model by its Hub id."""
+    import json
     import re
 
     from huggingface_hub import CommitOperationAdd
 
-    if op.path_in_repo != "README.md":
+    if op.path_in_repo not in ("README.md", "adapter_config.json"):
         return op
-    card = op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_bytes()
-    text = re.sub(r'^model_id = ".*"  # this folder, or its Hub repo id$', f'model_id = "{repo_id}"',
-                  card.decode("utf-8"), flags=re.M)
-    return CommitOperationAdd("README.md", text.encode("utf-8"))
+    data = op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_bytes()
+    if op.path_in_repo == "adapter_config.json":
+        if base is None:
+            return op
+        config = json.loads(data)
+        config["base_model_name_or_path"] = base
+        return CommitOperationAdd(op.path_in_repo, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(re.sub(r'^model_id = ".*"  # this folder, or its Hub repo id$', f'model_id = "{repo_id}"',
+                            data.decode("utf-8"), flags=re.M))
+    if base is not None:
+        card.data.base_model = base
+    return CommitOperationAdd("README.md", str(card).encode("utf-8"))
+
+
+def _check_base_model(out: Path, hub, base: str | None) -> None:
+    """A base model known only by a path on this disk: warn (one paragraph) or, with hub.strict, refuse."""
+    if base is not None:
+        return
+    import json
+
+    adapter = out / "adapter_config.json"
+    local = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.is_file() else None
+    what = (f"the adapter config names its base model by the local path '{local}'" if local else
+            "the run's base model is a local folder")
+    msg = (f"Pushing '{out}' to '{hub.repo_id}': {what}, so whoever downloads it cannot load the base "
+           "(AutoPeftModel..., PeftModel and the Hub's model tree look it up by that name), and the path shows "
+           "this machine's file layout. Set hub.base_model (hftl push --base-model) to the base's Hub id.")
+    if hub.strict:
+        raise HftlError(msg + " Nothing was uploaded (hub.strict is true).")
+    logger.warning("%s", msg)
+
+
+def _recorded_base(out: Path) -> str | None:
+    """The base model's Hub id as the run's saved recipe knows it (zoo origin, hub.base_model or a Hub id)."""
+    from hftl.recipe import load_recipe
+
+    return base_model_id(load_recipe(out / "recipe.yaml")) if (out / "recipe.yaml").is_file() else None
 
 
 def _check_pooled_adapter(out: Path, upload: str) -> None:
@@ -119,7 +173,9 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     if not out.is_dir():
         raise HftlError(f"'{out}' is not an output dir.")
     _check_pooled_adapter(out, hub.upload)
-    operations = [_point_card_at(op, hub.repo_id) for op in _operations(out, hub.upload)]
+    base = hub.base_model or _recorded_base(out)
+    _check_base_model(out, hub, base)
+    operations = [_retarget(op, hub.repo_id, base) for op in _operations(out, hub.upload)]
     api = HfApi()
     try:
         # create_repo first: the cheapest call, so a bad token or an unreachable Hub fails before any upload.

@@ -288,6 +288,11 @@ class HubSection(Section):
     revision: str | None = Field(None, description="Branch to push to (created if missing).")
     commit_message: str = Field("Upload with hftl", description="Commit message.")
     upload: Literal["adapter", "merged", "both"] = Field("adapter", description="What to push for PEFT runs.")
+    base_model: str | None = Field(
+        None, description="Hub id of the base model, recorded in the pushed adapter config and card when "
+                          "model.model_name_or_path is a local folder (zoo aliases know theirs).")
+    strict: bool = Field(False, description="Refuse to push (before any upload) a run whose base model is known "
+                                            "only by a local path, instead of warning.")
 
     @model_validator(mode="after")
     def _repo(self):

@@ -4,6 +4,13 @@ No Hub downloads work on air-gapped machines, but some packages carry real pretr
 real data. Recipes name them by alias; Hub ids and local paths keep working everywhere else.
 Checkpoints that need converting (EfficientNet-Lite0 -> timm/transformers) are converted once into
 `$HFTL_CACHE/zoo/<alias>` (default `~/.cache/hftl/zoo/<alias>`). Fashion-MNIST comes from a Debian package.
+
+Every model alias records the Hub id of what it packages (`HUB_IDS`), which runs write as their base model
+(adapter configs, model cards, pushes), so whoever downloads a run can find its base:
+- `minilm-l6`: the package ships sentence-transformers/all-MiniLM-L6-v2 itself;
+- `efficientnet-lite0[-96px]`: the package ships the TensorFlow release's ImageNet weights (lukemelas-style
+  names), which hftl maps onto timm's `tf_efficientnet_lite0`; the closest true origin on the Hub is timm's
+  own port of that release, timm/tf_efficientnet_lite0.in1k (not checked tensor by tensor: no Hub here).
 """
 
 from __future__ import annotations
@@ -159,6 +166,21 @@ def _efficientnet_lite0_96px() -> str:
 
 MODELS = {"minilm-l6": _minilm_l6, "efficientnet-lite0": _efficientnet_lite0,
           "efficientnet-lite0-96px": _efficientnet_lite0_96px}
+HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "efficientnet-lite0": "timm/tf_efficientnet_lite0.in1k",
+           "efficientnet-lite0-96px": "timm/tf_efficientnet_lite0.in1k"}
+
+
+# Datasets whose origin is on the Hub (zoo:fashion-mnist is a fixed 1k/1k subset of it); the tweets have none.
+DATASET_HUB_IDS = {"fashion-mnist": "zalando-datasets/fashion_mnist"}
+
+
+def dataset_hub_id(name: str) -> str | None:
+    return DATASET_HUB_IDS.get(name[len(PREFIX):]) if name.startswith(PREFIX) else None
+
+
+def hub_id(name: str) -> str | None:
+    """The Hub id a `zoo:` model alias packages (see the module docstring), else None."""
+    return HUB_IDS.get(name[len(PREFIX):]) if name.startswith(PREFIX) else None
 
 
 def tweets_rows() -> list[dict]:

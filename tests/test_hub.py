@@ -297,3 +297,78 @@ def test_pooled_adapter_is_pushed_only_with_its_merged_model(text_recipe, tmp_pa
         ok = cli_push(hub, tmp_path, result.output_dir, "alice/pooled-lora", "--upload", "merged")
         assert ok.returncode == 0, ok.stderr[-3000:]
         assert {"config.json", "model.safetensors", "hftl_pooling.py"} <= set(hub.repos["alice/pooled-lora"].files)
+
+
+# ------------------------------------------------------------------------------------------ base model by Hub id
+
+
+def _no_local_path(repo, *paths: Path) -> None:
+    """The adapter config and the card name no folder of the trainer's disk (recipe.yaml, the record for
+    `hftl train recipe.yaml`, keeps the run's own paths)."""
+    for name in ("adapter_config.json", "README.md"):
+        for p in paths:
+            assert str(p).encode() not in repo.files[name], f"{name} names the local path {p}"
+
+
+def test_push_with_base_model_records_the_hub_id(output_dir, bert_dir, tmp_path):
+    with HubServer(token=TOKEN) as hub:
+        proc = cli_push(hub, tmp_path, output_dir, "alice/based", "--base-model", "google-bert/tiny-bert")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Set hub.base_model" not in proc.stderr
+        repo = hub.repos["alice/based"]
+        assert json.loads(repo.files["adapter_config.json"])["base_model_name_or_path"] == "google-bert/tiny-bert"
+        card = repo.files["README.md"].decode()
+        assert "\nbase_model: google-bert/tiny-bert\n" in card
+        _no_local_path(repo, bert_dir, output_dir)
+    # The local run is left as it was.
+    assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(bert_dir)
+
+
+def test_push_of_a_local_base_warns_and_strict_refuses(output_dir, tmp_path):
+    with HubServer(token=TOKEN) as hub:
+        warned = cli_push(hub, tmp_path, output_dir, "alice/local-base")
+        assert warned.returncode == 0, warned.stderr[-3000:]
+        assert "names its base model by the local path" in warned.stderr and "--base-model" in warned.stderr
+        assert "alice/local-base" in hub.repos
+        before = len(hub.requests)
+        refused = cli_push(hub, tmp_path, output_dir, "alice/strict", "--strict")
+        assert refused.returncode == 1 and "Nothing was uploaded" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "alice/strict" not in hub.repos and len(hub.requests) == before  # not even create_repo
+
+
+def test_strict_push_of_a_local_base_is_refused_before_training(text_recipe):
+    import hftl
+
+    recipe = text_recipe(training=FAST, data=SMALL, peft={"method": "lora"},
+                         hub={"push": True, "repo_id": "alice/x", "strict": True})
+    with pytest.raises(hftl.HftlError, match=r"'hub\.strict' is true .* set hub\.base_model"):
+        hftl.train(recipe)
+    assert not Path(recipe["training"]["output_dir"]).exists()
+
+
+def test_zoo_based_adapter_names_the_zoo_models_hub_id(tmp_path):
+    """A run from zoo:minilm-l6 names sentence-transformers/all-MiniLM-L6-v2 -- locally and on the Hub --
+    while hftl keeps loading the base offline from the package."""
+    from hftl.pipeline import load_model
+
+    out = tmp_path / "zoo-lora"
+    result = _train({
+        "task": "text-classification", "model": {"model_name_or_path": "zoo:minilm-l6", "pooling": "default"},
+        "data": {"dataset_name": "zoo:tweets-sentiment", "max_train_samples": 16, "max_eval_samples": 16,
+                 "max_seq_length": 32},
+        "peft": {"method": "lora"},
+        "training": {"output_dir": str(out), "max_steps": 2, "per_device_train_batch_size": 8, "save_strategy": "no",
+                     "eval_strategy": "no", "disable_tqdm": True}})
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    assert f"\nbase_model: {hub_id}\n" in (out / "README.md").read_text()
+    assert type(load_model(out)).__name__ == "PeftModelForSequenceClassification"  # offline, from the package
+    with HubServer(token=TOKEN) as hub:
+        proc = cli_push(hub, tmp_path, out, "alice/zoo-lora")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Set hub.base_model" not in proc.stderr
+        repo = hub.repos["alice/zoo-lora"]
+        assert json.loads(repo.files["adapter_config.json"])["base_model_name_or_path"] == hub_id
+        assert f"\nbase_model: {hub_id}\n" in repo.files["README.md"].decode()
+        _no_local_path(repo, Path(result.model.base_model.model.name_or_path), tmp_path)
