@@ -95,10 +95,18 @@ def setup(recipe: Recipe) -> Setup:
     model = models.build_model(task, recipe.model, splits.label_names)
     # What the run evaluates with and saves, so plain transformers loads preprocess as the run did.
     processor = task.portable_processor(processor, recipe.data, model)
-    _check_pooled_adapter_push(recipe, model)
+    _check_push(recipe, model)
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
         model = build_peft_model(model, recipe.peft, task.PEFT_TASK_TYPE, find_head(model))
+        from hftl.hub import base_model_id
+
+        # The adapter config names its base by Hub id where one is known (zoo origin, hub.base_model), not by
+        # a path on this disk; hftl itself keeps loading the base from the recipe (offline for zoo models).
+        origin = base_model_id(recipe)
+        if origin is not None:
+            for config in model.peft_config.values():
+                config.base_model_name_or_path = origin
     training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
     args = TrainingArguments(**training)
     plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
@@ -110,11 +118,20 @@ def setup(recipe: Recipe) -> Setup:
                  cache=_feature_cache(recipe, model, plan, collator, args))
 
 
-def _check_pooled_adapter_push(recipe: Recipe, model) -> None:
-    """PEFT's loaders put an adapter on the base model's own pooler: a mean/cls-pooled adapter alone would
-    predict differently for whoever downloads it. Refused before training, with what to push instead."""
+def _check_push(recipe: Recipe, model) -> None:
+    """What hub.push would upload must load for whoever downloads it; refused before training otherwise:
+    with hub.strict, a base model known only by a local path; and a mean/cls-pooled adapter alone (PEFT's
+    loaders put it on the base model's own pooler, so it would predict differently)."""
     from hftl.pooling import pooling_of
 
+    if recipe.hub.push and recipe.hub.strict:
+        from hftl.hub import base_model_id
+
+        if base_model_id(recipe) is None:
+            raise HftlError(
+                f"Recipe key 'hub.strict' is true but the base model '{recipe.model.model_name_or_path}' is a local "
+                "folder with no Hub id: set hub.base_model to the Hub id it came from (or hub.strict: false to push "
+                "with a warning).")
     pooling = pooling_of(model)
     if recipe.peft is None or pooling == "default" or not recipe.hub.push or recipe.hub.upload != "adapter":
         return
@@ -234,7 +251,7 @@ def _make_trainer(s: Setup):
 
 
 def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
-    from hftl import outputs
+    from hftl import card, outputs
     from hftl.adapters import adapter_summary
 
     from hftl.pooling import make_portable
@@ -253,11 +270,13 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     from hftl.pooling import pooling_of
 
     merged = s.recipe.peft is not None and s.recipe.peft.merge
-    usage = outputs.usage_snippet(s.recipe, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)
-    card = outputs.model_card(
+    usage = card.usage_snippet(s.recipe, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)
+    from hftl.hub import base_model_id
+
+    text = card.model_card(
         s.recipe, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
-        adapter, len(s.train_dataset), len(s.eval_dataset), usage)
-    outputs.write_text(out / "README.md", card)
+        adapter, len(s.train_dataset), len(s.eval_dataset), usage, base_model_id(s.recipe), trainer.state.log_history)
+    outputs.write_text(out / "README.md", text)
     if merged:
         # last, so that a failed merge still leaves a complete, loadable adapter run
         from hftl.export import merge_adapter
