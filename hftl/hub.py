@@ -49,10 +49,27 @@ def _operations(out: Path, upload: str) -> list:
     if (out / "README.md").is_file() and not (out / "merged" / "README.md").is_file():
         from huggingface_hub import ModelCard
 
-        card = ModelCard((out / "README.md").read_text(encoding="utf-8"))
+        card = ModelCard(_merged_usage((out / "README.md").read_text(encoding="utf-8"), out))
         card.data.library_name = "transformers"
         ops.append(CommitOperationAdd("README.md", str(card).encode("utf-8")))
     return ops
+
+
+def _merged_usage(card: str, out: Path) -> str:
+    """The card of a run pushed as its merged model: "How to use" loads a plain model, not an adapter."""
+    import json
+    import re
+
+    from hftl.card import usage_snippet
+    from hftl.recipe import load_recipe
+
+    if not (out / "recipe.yaml").is_file() or not (out / "labels.json").is_file():
+        return card
+    recipe = load_recipe(out / "recipe.yaml")
+    pooling = recipe.model.pooling if recipe.model.pooling in ("mean", "cls") else "default"
+    code = usage_snippet(recipe, json.loads((out / "labels.json").read_text()), pooling, adapter=False, merged=False)
+    return re.sub(r"(## How to use\n\n```python\n).*?(\n```)", lambda m: m.group(1) + code + m.group(2), card,
+                  count=1, flags=re.S)
 
 
 def is_local_path(name: str) -> bool:

@@ -213,7 +213,14 @@ def test_cli_push_after_the_fact(output_dir, tmp_path):
         repo = hub.repos["alice/x-merged"]
         assert {"config.json", "model.safetensors", "README.md"} <= set(repo.files)
         assert "adapter_config.json" not in repo.files and not repo.private
-        assert repo.files["README.md"].decode().startswith("---\nlibrary_name: transformers")
+        from huggingface_hub import ModelCard
+
+        card = ModelCard(repo.files["README.md"].decode())
+        assert card.data.library_name == "transformers"
+        # Its "How to use" loads a plain model from the repo, not an adapter.
+        assert 'pipeline("text-classification", model=model_id' in card.text and "Peft" not in card.text.split(
+            "## How to use")[1].split("##")[0]
+        assert 'model_id = "alice/x-merged"' in card.text
         assert hub.errors == [] and hub.unhandled == []
 
 
@@ -296,7 +303,9 @@ def test_pooled_adapter_is_pushed_only_with_its_merged_model(text_recipe, tmp_pa
         assert "Traceback" not in refused.stderr
         ok = cli_push(hub, tmp_path, result.output_dir, "alice/pooled-lora", "--upload", "merged")
         assert ok.returncode == 0, ok.stderr[-3000:]
-        assert {"config.json", "model.safetensors", "hftl_pooling.py"} <= set(hub.repos["alice/pooled-lora"].files)
+        repo = hub.repos["alice/pooled-lora"]
+        assert {"config.json", "model.safetensors", "hftl_pooling.py"} <= set(repo.files)
+        assert "trust_remote_code=True)" in repo.files["README.md"].decode().split("## How to use")[1]
 
 
 # ------------------------------------------------------------------------------------------ base model by Hub id
