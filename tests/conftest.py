@@ -67,6 +67,17 @@ def resnet_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture
+def one_thread():
+    """The models are tiny: a second intra-op thread only adds contention on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_text_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []

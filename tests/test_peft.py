@@ -29,13 +29,7 @@ IMAGE_METHODS = ["lora", "dora", "ia3", "loha", "lokr"]
 PROMPT_METHODS = {"prefix_tuning", "prompt_tuning"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The models are tiny: a second intra-op thread only adds contention on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def text_batch(tokenizer_dir) -> dict:

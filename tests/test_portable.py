@@ -19,12 +19,7 @@ from conftest import FILLER, NEG, POS
 FAST = {"num_train_epochs": 2, "learning_rate": 1e-2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
