@@ -59,7 +59,7 @@ def usage_snippet(recipe, label_names: list[str], pooling: str, adapter: bool, m
 
 def _shown(source: str) -> str:
     """A Hub id or zoo alias as is; a local path by its last part only (a card must not map the trainer's disk)."""
-    from hftl.hub import is_local_path
+    from hftl.models import is_local_path
 
     return f"{Path(source).name} (a local folder or file)" if is_local_path(source) else source
 
@@ -70,7 +70,7 @@ _METRIC_NAMES = {"accuracy": "Accuracy", "f1_macro": "Macro F1"}
 def _dataset(recipe) -> tuple[str | None, str]:
     """(Hub dataset id or None, the name to show) of the training data."""
     from hftl import zoo
-    from hftl.hub import is_local_path
+    from hftl.models import is_local_path
 
     source = recipe.data.dataset_name or recipe.data.train_dir or recipe.data.train_file
     if source.startswith(zoo.PREFIX):

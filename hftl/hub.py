@@ -32,7 +32,7 @@ def _files(folder: Path, skip_merged: bool) -> list[tuple[str, Path]]:
     return out
 
 
-def _operations(out: Path, upload: str) -> list:
+def _operations(out: Path, upload: str, recipe=None) -> list:
     """The commit: the adapter at the root, the merged model at the root ("merged") or under merged/ ("both")."""
     from huggingface_hub import CommitOperationAdd
 
@@ -49,38 +49,32 @@ def _operations(out: Path, upload: str) -> list:
     if (out / "README.md").is_file() and not (out / "merged" / "README.md").is_file():
         from huggingface_hub import ModelCard
 
-        card = ModelCard(_merged_usage((out / "README.md").read_text(encoding="utf-8"), out))
+        card = ModelCard(_merged_usage((out / "README.md").read_text(encoding="utf-8"), out, recipe))
         card.data.library_name = "transformers"
         ops.append(CommitOperationAdd("README.md", str(card).encode("utf-8")))
     return ops
 
 
-def _merged_usage(card: str, out: Path) -> str:
+def _merged_usage(card: str, out: Path, recipe) -> str:
     """The card of a run pushed as its merged model: "How to use" loads a plain model, not an adapter."""
     import json
     import re
 
     from hftl.card import usage_snippet
-    from hftl.recipe import load_recipe
 
-    if not (out / "recipe.yaml").is_file() or not (out / "labels.json").is_file():
+    if recipe is None or not (out / "labels.json").is_file():
         return card
-    recipe = load_recipe(out / "recipe.yaml")
     pooling = recipe.model.pooling if recipe.model.pooling in ("mean", "cls") else "default"
     code = usage_snippet(recipe, json.loads((out / "labels.json").read_text()), pooling, adapter=False, merged=False)
     return re.sub(r"(## How to use\n\n```python\n).*?(\n```)", lambda m: m.group(1) + code + m.group(2), card,
                   count=1, flags=re.S)
 
 
-def is_local_path(name: str) -> bool:
-    p = Path(name).expanduser()
-    return p.is_absolute() or name.startswith((".", "~")) or p.exists() or name.count("/") > 1
-
-
 def base_model_id(recipe) -> str | None:
     """The Hub id whoever downloads the run can load its base model from: hub.base_model, the zoo alias's
     origin, or model_name_or_path itself when it is a Hub id. None when the base is known only by a local path."""
     from hftl import zoo
+    from hftl.models import is_local_path
 
     name = recipe.model.model_name_or_path
     return recipe.hub.base_model or zoo.hub_id(name) or (None if is_local_path(name) else name)
@@ -130,20 +124,11 @@ def _check_base_model(out: Path, hub, base: str | None) -> None:
     logger.warning("%s", msg)
 
 
-def _recorded_base(out: Path) -> str | None:
-    """The base model's Hub id as the run's saved recipe knows it (zoo origin, hub.base_model or a Hub id)."""
-    from hftl.recipe import load_recipe
-
-    return base_model_id(load_recipe(out / "recipe.yaml")) if (out / "recipe.yaml").is_file() else None
-
-
-def _check_pooled_adapter(out: Path, upload: str) -> None:
+def _check_pooled_adapter(out: Path, upload: str, recipe) -> None:
     """An adapter trained on mean/cls pooling loads wrong through PEFT's loaders (the base's own pooler)."""
-    from hftl.recipe import load_recipe
-
-    if upload != "adapter" or not (out / "adapter_config.json").is_file() or not (out / "recipe.yaml").is_file():
+    if upload != "adapter" or not (out / "adapter_config.json").is_file() or recipe is None:
         return
-    pooling = load_recipe(out / "recipe.yaml").model.pooling  # the saved recipe holds the pooling it resolved to
+    pooling = recipe.model.pooling  # the saved recipe holds the pooling it resolved to
     if pooling in ("mean", "cls"):
         merged = "" if (out / "merged" / "config.json").is_file() else f" (write it first: hftl export {out} --merge)"
         raise HftlError(
@@ -189,10 +174,14 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     out = Path(output_dir)
     if not out.is_dir():
         raise HftlError(f"'{out}' is not an output dir.")
-    _check_pooled_adapter(out, hub.upload)
-    base = hub.base_model or _recorded_base(out)
+    from hftl.recipe import load_recipe
+
+    # The run's saved recipe (read once): the pooling it resolved to, its base model's Hub id.
+    recipe = load_recipe(out / "recipe.yaml") if (out / "recipe.yaml").is_file() else None
+    _check_pooled_adapter(out, hub.upload, recipe)
+    base = hub.base_model or (base_model_id(recipe) if recipe is not None else None)
     _check_base_model(out, hub, base)
-    operations = [_retarget(op, hub.repo_id, base) for op in _operations(out, hub.upload)]
+    operations = [_retarget(op, hub.repo_id, base) for op in _operations(out, hub.upload, recipe)]
     api = HfApi()
     try:
         # create_repo first: the cheapest call, so a bad token or an unreachable Hub fails before any upload.

@@ -14,6 +14,14 @@ def resolve_path(model_section) -> str:
     return zoo.resolve_model(model_section.model_name_or_path)
 
 
+def is_local_path(name: str) -> bool:
+    """A folder or file on this disk (or written like one), as opposed to a Hub id `user/name`."""
+    from pathlib import Path
+
+    p = Path(name).expanduser()
+    return p.is_absolute() or name.startswith((".", "~")) or p.exists() or name.count("/") > 1
+
+
 def _load_error(path: str, e: Exception) -> HftlError:
     from pathlib import Path
 
@@ -23,7 +31,7 @@ def _load_error(path: str, e: Exception) -> HftlError:
         msg = "it is a file, not a checkpoint folder"
     elif p.is_dir() and not (p / "config.json").is_file():
         msg = f"the folder has no config.json, so it is not a saved checkpoint ({msg})"
-    elif not p.exists() and (p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
+    elif not p.exists() and is_local_path(path):
         msg = "no such folder (and not a Hub id of the form user/name)"
     return HftlError(
         f"Recipe key 'model.model_name_or_path': cannot load '{path}': {msg}. Give a local checkpoint folder, a zoo "

@@ -443,12 +443,9 @@ def _training_fields() -> dict[str, dataclasses.Field]:
 
 def _bool_words(training: dict) -> dict:
     """`fp16: yes` -> True for the TrainingArguments fields that take only a boolean; `eval_strategy: no` stays 'no'."""
-    import typing
-
-    hints = _training_hints()
     out = {}
     for key, value in training.items():
-        allowed = set(typing.get_args(hints.get(key)) or (hints.get(key),))
+        allowed = _allowed_types(key)
         if isinstance(value, str) and value in _YAML11_BOOLS and bool in allowed and str not in allowed:
             value = _YAML11_BOOLS[value]
         out[key] = value
@@ -696,15 +693,20 @@ def _training_hints() -> dict:
         return {}
 
 
+def _allowed_types(key: str) -> tuple:
+    """The types TrainingArguments' annotation of `key` admits (X | None -> (X, NoneType)); (None,) if unknown."""
+    import typing
+
+    hint = _training_hints().get(key)
+    return typing.get_args(hint) or (hint,)
+
+
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
 
 
 def _type_problem(key: str, value) -> str | None:
     """TrainingArguments does not check types: a string for num_train_epochs would only fail mid-training."""
-    import typing
-
-    hint = _training_hints().get(key)
-    allowed = typing.get_args(hint) if typing.get_args(hint) else (hint,)
+    allowed = _allowed_types(key)
     if not allowed or not all(t in _TYPE_NAMES for t in allowed):
         return None  # enums, lists, dicts: TrainingArguments checks those itself
     # A string field takes any scalar (resume_from_checkpoint: true is hftl's "the last checkpoint").

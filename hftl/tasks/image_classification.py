@@ -103,15 +103,16 @@ def preprocessing_of(processor) -> Preprocessing:
     return Preprocessing(hw, resize, mean, std, _interp(_get(processor, "resample") or 2))
 
 
-def transforms(pre: Preprocessing, augment, train: bool):
+def train_transforms(pre: Preprocessing, augment):
+    """torchvision augmentation at the processor's size (evaluation runs the processor itself)."""
     steps = [T.ToImage()]
-    if train and augment.random_resized_crop:
+    if augment.random_resized_crop:
         steps.append(T.RandomResizedCrop(pre.size, scale=augment.crop_scale, interpolation=pre.interpolation, antialias=True))
     else:
         steps += [T.Resize(pre.resize, interpolation=pre.interpolation, antialias=True), T.CenterCrop(pre.size)]
-    if train and augment.horizontal_flip:
+    if augment.horizontal_flip:
         steps.append(T.RandomHorizontalFlip())
-    if train and augment.color_jitter:
+    if augment.color_jitter:
         j = augment.color_jitter
         steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
     steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
@@ -154,13 +155,11 @@ def prepare(splits, processor, data, model=None):
     pre = preprocessing_of(processor)
     if data.image_size and model is not None:
         _check_input_size(model, pre.size)
-    train_tf = transforms(pre, data.augment, train=True)
+    # Without augmentation, train on exactly what evaluation (and the saved processor) computes.
+    train_tf = train_transforms(pre, data.augment) if augmenting(data) else None
 
     def evaluation_tf(images):
         return list(processor(images=images, return_tensors="pt")["pixel_values"])
-
-    if not augmenting(data):
-        train_tf = None  # train on exactly what evaluation (and the saved processor) computes
 
     out = []
     for name, ds, train in (("train", splits.train, True), ("validation", splits.validation, False)):
