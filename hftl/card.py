@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXAMPLE_INPUTS = {"text-classification": '"I love this!"', "image-classification": '"path/to/image.jpg"'}
-
-
-def usage_snippet(recipe, label_names: list[str], pooling: str, adapter: bool, merged: bool) -> str:
-    """Python that loads this run with the ecosystem's own loaders (run by the tests)."""
-    task = recipe.task
-    text = task == "text-classification"
-    example = EXAMPLE_INPUTS[task]
-    trunc = ", truncation=True" if text else ""
+def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: bool, merged: bool) -> str:
+    """Python that loads this run with the ecosystem's own loaders (run by the tests). `task`: the run's Task,
+    which gives the pipeline's example input and options and the PEFT loading lines."""
+    example = task.example_input
+    trunc = task.pipeline_options
+    name = task.name
     head = [f'model_id = "{recipe.output_dir}"  # this folder, or its Hub repo id']
     pooled = pooling != "default"
     if not adapter:
@@ -26,7 +23,7 @@ def usage_snippet(recipe, label_names: list[str], pooling: str, adapter: bool, m
         note = ([f"# trust_remote_code: the {pooling} pooling the classifier was trained on ships as code in this "
                  "folder (hftl_pooling.py);", "# without it transformers refuses to load the model."] if pooled else [])
         return "\n".join(["from transformers import pipeline", "", *head, *note,
-                          f'classifier = pipeline("{task}", model=model_id{trunc}{remote})',
+                          f'classifier = pipeline("{name}", model=model_id{trunc}{remote})',
                           f"print(classifier({example}))"])
     if pooled:
         lines = ["import hftl", "", *head,
@@ -35,26 +32,15 @@ def usage_snippet(recipe, label_names: list[str], pooling: str, adapter: bool, m
                  "model = hftl.load_model(model_id)"]
         if merged:
             lines += ["", "from transformers import pipeline", "",
-                      f'classifier = pipeline("{task}", model=f"{{model_id}}/merged"{trunc}, trust_remote_code=True)',
+                      f'classifier = pipeline("{name}", model=f"{{model_id}}/merged"{trunc}, trust_remote_code=True)',
                       f"print(classifier({example}))"]
         return "\n".join(lines)
-    id2label = dict(enumerate(label_names))
-    labels = (f"num_labels={len(label_names)}, id2label={id2label!r}, "
-              f"label2id={ {v: k for k, v in id2label.items()}!r}")
-    if text:
-        return "\n".join([
-            "from peft import AutoPeftModelForSequenceClassification", "from transformers import AutoTokenizer, pipeline",
-            "", *head, f"model = AutoPeftModelForSequenceClassification.from_pretrained(model_id, {labels})",
-            "tokenizer = AutoTokenizer.from_pretrained(model_id)",
-            f'classifier = pipeline("{task}", model=model, tokenizer=tokenizer{trunc})', f"print(classifier({example}))"])
-    return "\n".join([
-        "from peft import PeftConfig, PeftModel", "from transformers import AutoImageProcessor, "
-        "AutoModelForImageClassification, pipeline", "", *head, "config = PeftConfig.from_pretrained(model_id)",
-        "base = AutoModelForImageClassification.from_pretrained(",
-        f"    config.base_model_name_or_path, {labels}, ignore_mismatched_sizes=True)",
-        "model = PeftModel.from_pretrained(base, model_id)",
-        f'classifier = pipeline("{task}", model=model, image_processor=AutoImageProcessor.from_pretrained(model_id))',
-        f"print(classifier({example}))"])
+    from hftl.tasks.labels import label_config
+
+    labels = "".join(f", {k}={v!r}" for k, v in label_config(label_names).items()) if label_names else ""
+    lines = task.adapter_usage(labels)
+    cut = lines.index("") + 1  # imports, then the code that needs model_id
+    return "\n".join([*lines[:cut], *head, *lines[cut:], f"print(classifier({example}))"])
 
 
 def _shown(source: str) -> str:
@@ -62,9 +48,6 @@ def _shown(source: str) -> str:
     from hftl.models import is_local_path
 
     return f"{Path(source).name} (a local folder or file)" if is_local_path(source) else source
-
-
-_METRIC_NAMES = {"accuracy": "Accuracy", "f1_macro": "Macro F1"}
 
 
 def _dataset(recipe) -> tuple[str | None, str]:
@@ -80,7 +63,7 @@ def _dataset(recipe) -> tuple[str | None, str]:
     return None, _shown(source)
 
 
-def card_data(recipe, metrics: dict, adapter: bool, base_model: str | None):
+def card_data(recipe, task, metrics: dict, adapter: bool, base_model: str | None):
     from huggingface_hub import EvalResult, ModelCardData
 
     dataset_id, dataset_shown = _dataset(recipe)
@@ -90,11 +73,11 @@ def card_data(recipe, metrics: dict, adapter: bool, base_model: str | None):
     results = [EvalResult(task_type=recipe.task, dataset_type=dataset_id or "custom", dataset_name=dataset_shown,
                           dataset_config=recipe.data.dataset_config_name, dataset_split=split, metric_type=key,
                           metric_name=name, metric_value=round(float(metrics[f"eval_{key}"]), 4))
-               for key, name in _METRIC_NAMES.items() if isinstance(metrics.get(f"eval_{key}"), (int, float))]
+               for key, name in task.metric_names.items() if isinstance(metrics.get(f"eval_{key}"), (int, float))]
     tags = ["hftl", "transfer-learning", recipe.task] + ([str(recipe.peft.method).lower()] if adapter else [])
     return ModelCardData(
         base_model=base_model, datasets=[dataset_id] if dataset_id else None, library_name="peft" if adapter else
-        "transformers", pipeline_tag=recipe.task, tags=tags, metrics=list(_METRIC_NAMES) if results else None,
+        "transformers", pipeline_tag=recipe.task, tags=tags, metrics=list(task.metric_names) if results else None,
         model_name=recipe.output_dir.name, eval_results=results or None)
 
 
@@ -110,9 +93,9 @@ def _versions() -> list[str]:
     return out
 
 
-def _per_evaluation(log_history: list[dict]) -> list[str]:
+def _per_evaluation(log_history: list[dict], metric_names) -> list[str]:
     evals = [e for e in log_history if "eval_loss" in e]
-    keys = [k for k in ("eval_loss", "eval_accuracy", "eval_f1_macro") if any(k in e for e in evals)]
+    keys = [k for k in ("eval_loss", *(f"eval_{m}" for m in metric_names)) if any(k in e for e in evals)]
     if len(evals) < 2:
         return []
     lines = ["", "Per evaluation:", "", "| epoch | step | " + " | ".join(k.removeprefix("eval_") for k in keys) + " |",
@@ -123,14 +106,14 @@ def _per_evaluation(log_history: list[dict]) -> list[str]:
     return lines
 
 
-def model_card(recipe, metrics: dict, plan_table: str, preprocessing: str, label_names: list[str],
+def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str, label_names: list[str],
                adapter: dict | None, n_train: int, n_eval: int, usage: str = "", base_model: str | None = None,
                log_history: list[dict] | None = None) -> str:
     """The README.md text: ModelCard metadata + hftl's sections."""
     from huggingface_hub import ModelCard
 
     base = recipe.model.model_name_or_path
-    data = card_data(recipe, metrics, adapter is not None, base_model)
+    data = card_data(recipe, task, metrics, adapter is not None, base_model)
     lines = [
         f"# {recipe.output_dir.name}",
         "",
@@ -158,7 +141,7 @@ def model_card(recipe, metrics: dict, plan_table: str, preprocessing: str, label
     for k, v in sorted(metrics.items()):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    lines += _per_evaluation(log_history or [])
+    lines += _per_evaluation(log_history or [], task.metric_names)
     if adapter:
         lines += ["", "## Adapter", "", "| setting | value |", "|---|---|"]
         for k, v in adapter.items():

@@ -1,6 +1,6 @@
-"""Load the recipe's data into train/validation `datasets.Dataset`s with integer labels.
+"""Load the recipe's data into train/validation `datasets.Dataset`s, labels encoded by the task.
 
-Sources (as in the transformers example scripts): image folders, csv/json/jsonl/parquet files,
+Sources (as in the transformers example scripts): folders (the task's layout: images, audio clips), csv/json/jsonl/parquet files,
 `datasets.save_to_disk` folders, Hub dataset ids, and `zoo:` aliases. A seeded `train_val_split`
 makes a validation set when there is none.
 """
@@ -43,25 +43,25 @@ def _file_loader(path: str, key: str) -> str:
     return loader
 
 
-def _check_dir(path: str, key: str) -> None:
+def _check_dir(path: str, key: str, layout: str) -> None:
     p = Path(path)
     if not p.is_dir():
-        raise HftlError(f"Recipe key 'data.{key}': folder '{path}' does not exist (expected <label>/<image> files).")
+        raise HftlError(f"Recipe key 'data.{key}': folder '{path}' does not exist (expected {layout} files).")
     if not any(p.iterdir()):
-        raise HftlError(f"Recipe key 'data.{key}': folder '{path}' is empty (expected <label>/<image> files).")
+        raise HftlError(f"Recipe key 'data.{key}': folder '{path}' is empty (expected {layout} files).")
 
 
-def _load_raw(data: DataSection):
+def _load_raw(data: DataSection, task):
     import datasets
 
     try:
         if data.train_dir:
-            _check_dir(data.train_dir, "train_dir")
+            _check_dir(data.train_dir, "train_dir", task.folder_layout)
             files = {"train": str(Path(data.train_dir) / "**")}
             if data.validation_dir:
-                _check_dir(data.validation_dir, "validation_dir")
+                _check_dir(data.validation_dir, "validation_dir", task.folder_layout)
                 files["validation"] = str(Path(data.validation_dir) / "**")
-            return datasets.load_dataset("imagefolder", data_files=files, drop_labels=False)
+            return task.load_folder(files)
         if data.train_file:
             loader = _file_loader(data.train_file, "train_file")
             files = {"train": data.train_file}
@@ -86,12 +86,13 @@ def _load_raw(data: DataSection):
             e = e.__cause__  # "An error occurred while generating the dataset": the cause says what
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "corresponds to no data" in msg:  # datasets' words for "no file the loader can read"
-            msg = f"no data found ({'no image files in <label>/<image> folders' if data.train_dir else 'no rows'})"
+            msg = f"no data found ({f'no files in {task.folder_layout} folders' if data.train_dir else 'no rows'})"
         raise HftlError(f"Recipe key 'data.{key}': could not load '{source}': {msg}") from None
 
 
-def load_splits(data: DataSection, seed: int) -> Splits:
-    raw = _load_raw(data)
+def load_splits(data: DataSection, seed: int, task) -> Splits:
+    """Train/validation splits; the task encodes the labels (`task.encode_labels`)."""
+    raw = _load_raw(data, task)
     if data.train_split_name not in raw:
         raise HftlError(
             f"Recipe key 'data.train_split_name': split '{data.train_split_name}' not found; the dataset has: "
@@ -113,11 +114,13 @@ def load_splits(data: DataSection, seed: int) -> Splits:
     if len(train) == 0:
         source = data.train_dir or data.train_file or data.dataset_name
         raise HftlError(f"The training data '{source}' (split '{data.train_split_name}') has no rows.")
-    train, names = _encode_labels(train, label, None)
-    if val_name is not None:
-        validation, _ = _encode_labels(raw[val_name], label, names)
-    else:
-        stratify = label if len(train) >= 2 * len(names) / data.train_val_split else None
+    from datasets import ClassLabel
+
+    validation = raw[val_name] if val_name is not None else None
+    train, validation, names = task.encode_labels(train, validation, label)
+    if validation is None:
+        stratify = label if isinstance(train.features[label], ClassLabel) and \
+            len(train) >= 2 * len(names) / data.train_val_split else None
         try:
             parts = train.train_test_split(test_size=data.train_val_split, seed=seed, stratify_by_column=stratify)
         except ValueError:
@@ -130,40 +133,3 @@ def load_splits(data: DataSection, seed: int) -> Splits:
     if label != "labels":
         train, validation = train.rename_column(label, "labels"), validation.rename_column(label, "labels")
     return Splits(train, validation, names)
-
-
-def _encode_labels(ds, column: str, names: list[str] | None):
-    """Strings or ints -> ClassLabel ids. `names` given: the validation set must use the same labels."""
-    from datasets import ClassLabel
-
-    feature = ds.features[column]
-    if isinstance(feature, ClassLabel):
-        if names is not None and feature.names != names:
-            raise HftlError(f"Recipe key 'data.label_column_name': the validation labels {feature.names} differ from the "
-                            f"training labels {names}.")
-        if names is None and len(feature.names) < 2:
-            raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' has a single class {feature.names}; "
-                            "classification needs at least 2 (image folders: one sub-folder per class).")
-        return ds, feature.names
-    values = ds[column]
-    if any(v is None for v in values):
-        row = values.index(None)
-        raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' has an empty label at row {row}.")
-    if not all(isinstance(v, (str, int, bool)) for v in values):
-        bad = next(v for v in values if not isinstance(v, (str, int, bool)))
-        raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' must hold strings or integers, found {bad!r}.")
-    if names is None:
-        uniq = sorted(set(values), key=lambda v: (isinstance(v, str), v))
-        names = [str(v) for v in uniq]
-        if len(names) < 2:
-            raise HftlError(f"Recipe key 'data.label_column_name': column '{column}' has a single class ({names[0]!r}); "
-                            "classification needs at least 2.")
-    index = {n: i for i, n in enumerate(names)}
-    unknown = sorted({str(v) for v in values} - set(index))
-    if unknown:
-        raise HftlError(f"Recipe key 'data.label_column_name': the validation labels {unknown} do not occur in the "
-                        f"training data (labels: {names}).")
-    features = ds.features.copy()
-    features[column] = ClassLabel(names=names)
-    ds = ds.map(lambda b: {column: [index[str(v)] for v in b[column]]}, batched=True, features=features)
-    return ds, names

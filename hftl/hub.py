@@ -65,7 +65,9 @@ def _merged_usage(card: str, out: Path, recipe) -> str:
     if recipe is None or not (out / "labels.json").is_file():
         return card
     pooling = recipe.model.pooling if recipe.model.pooling in ("mean", "cls") else "default"
-    code = usage_snippet(recipe, json.loads((out / "labels.json").read_text()), pooling, adapter=False, merged=False)
+    from hftl.tasks import get_task
+
+    code = usage_snippet(recipe, get_task(recipe.task), json.loads((out / "labels.json").read_text()), pooling, adapter=False, merged=False)
     return re.sub(r"(## How to use\n\n```python\n).*?(\n```)", lambda m: m.group(1) + code + m.group(2), card,
                   count=1, flags=re.S)
 

@@ -49,20 +49,17 @@ def load_processor(task, model_section):
 
 
 def build_model(task, model_section, label_names: list[str]):
-    """Auto*From<task> with num_labels / id2label / label2id from the data; a mismatched head is replaced."""
+    """The task's Auto class with its config keys (num_labels / id2label / label2id); a mismatched head is replaced."""
     from transformers import AutoConfig
 
     path = resolve_path(model_section)
     common = dict(revision=model_section.model_revision, trust_remote_code=model_section.trust_remote_code,
                   cache_dir=model_section.cache_dir)
-    id2label = dict(enumerate(label_names))
     try:
-        config = AutoConfig.from_pretrained(
-            model_section.config_name or path, num_labels=len(label_names), id2label=id2label,
-            label2id={v: k for k, v in id2label.items()}, **common)
+        config = AutoConfig.from_pretrained(model_section.config_name or path, **task.config_kwargs(label_names), **common)
         if getattr(config, "pad_token_id", 0) is None and getattr(config, "eos_token_id", None) is not None:
             config.pad_token_id = config.eos_token_id  # GPT-style models classify the last non-pad token
-        model, info = task.AUTO_MODEL.from_pretrained(
+        model, info = task.auto_model.from_pretrained(
             path, config=config, ignore_mismatched_sizes=model_section.ignore_mismatched_sizes,
             output_loading_info=True, **common)
     except (OSError, ValueError, KeyError) as e:

@@ -72,7 +72,8 @@ def curves(log_history: list[dict]) -> dict:
     return out
 
 
-def plot_curves(log_history: list[dict], path: Path, title: str) -> None:
+def plot_curves(log_history: list[dict], path: Path, title: str, metric_names: dict[str, str] | None = None) -> None:
+    """Loss, the task's eval metrics (`metric_names`: key -> shown name) and the learning rates over steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +86,8 @@ def plot_curves(log_history: list[dict], path: Path, title: str) -> None:
     if c["eval"]:
         ax1.plot([s for s, _ in c["eval"]], [e["eval_loss"] for _, e in c["eval"]], "s-", label="eval loss")
     ax1.set_ylabel("loss")
-    for key, name in (("eval_accuracy", "accuracy"), ("eval_f1_macro", "macro-F1")):
-        points = [(s, e[key]) for s, e in c["eval"] if key in e]
+    for key, name in (metric_names or {}).items():
+        points = [(s, e[f"eval_{key}"]) for s, e in c["eval"] if f"eval_{key}" in e]
         if points:
             ax2.plot(*zip(*points), "s-", label=f"eval {name}")
     ax2.set_ylabel("eval metric")

@@ -90,7 +90,7 @@ def setup(recipe: Recipe) -> Setup:
 
     set_seed(recipe.seed)
     task = get_task(recipe.task)
-    splits = load_splits(recipe.data, recipe.seed)
+    splits = load_splits(recipe.data, recipe.seed, task)
     processor = models.load_processor(task, recipe.model)
     model = models.build_model(task, recipe.model, splits.label_names)
     # What the run evaluates with and saves, so plain transformers loads preprocess as the run did.
@@ -98,7 +98,7 @@ def setup(recipe: Recipe) -> Setup:
     _check_push(recipe, model)
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
-        model = build_peft_model(model, recipe.peft, task.PEFT_TASK_TYPE, find_head(model))
+        model = build_peft_model(model, recipe.peft, task.peft_task_type, find_head(model))
         from hftl.hub import base_model_id
 
         # The adapter config names its base by Hub id where one is known (zoo origin, hub.base_model), not by
@@ -115,7 +115,7 @@ def setup(recipe: Recipe) -> Setup:
 
     check_first_step(model, train_ds, collator, recipe, _preflight_device(model, args))
     return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator,
-                 cache=_feature_cache(recipe, model, plan, collator, args))
+                 cache=_feature_cache(recipe, task, model, plan, collator, args))
 
 
 def _check_push(recipe: Recipe, model) -> None:
@@ -154,17 +154,14 @@ def _preflight_device(model, args):
     return args.device
 
 
-def _feature_cache(recipe: Recipe, model, plan, collator, args):
+def _feature_cache(recipe: Recipe, task, model, plan, collator, args):
     """A FeatureCache when strategy.cache_features allows and the run qualifies (see hftl/cache.py)."""
     from hftl.cache import FeatureCache, why_not
 
     mode = recipe.strategy.cache_features
     if mode is False:
         return None
-    from hftl.tasks import get_task
-
-    augmenting = getattr(get_task(recipe.task), "augmenting", None)
-    reason = why_not(model, plan, recipe.strategy, bool(augmenting and augmenting(recipe.data)))
+    reason = why_not(model, plan, recipe.strategy, task.augmenting(recipe.data))
     if reason is not None:
         if mode is True:
             raise HftlError(f"Recipe key 'strategy.cache_features' is true but {reason}.")
@@ -229,7 +226,6 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
 
 
 def _make_trainer(s: Setup):
-    from hftl.metrics import classification_metrics
     from hftl.trainer import HftlTrainer
 
     train_ds, eval_ds, collator = s.train_dataset, s.eval_dataset, s.collator
@@ -245,7 +241,8 @@ def _make_trainer(s: Setup):
             s.cache = None
     return HftlTrainer(
         model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=collator, processing_class=s.processor, compute_metrics=classification_metrics,
+        data_collator=collator, processing_class=s.processor, compute_metrics=s.task.compute_metrics,
+        preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics,
         callbacks=s.plan.callbacks, plan=s.plan,
         on_nan_loss=s.recipe.on_nan_loss)
 
@@ -265,16 +262,18 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     outputs.write_text(out / "recipe.yaml", _resolved(s.recipe, s.model).to_yaml())
     outputs.write_json(out / "metrics.json", metrics)
     outputs.write_text(out / "plan.md", table + "\n")
-    outputs.write_json(out / "labels.json", s.splits.label_names)
-    outputs.plot_curves(trainer.state.log_history, out / "curves.png", f"{s.recipe.task}: {s.recipe.model.model_name_or_path}")
+    if s.splits.label_names:
+        outputs.write_json(out / "labels.json", s.splits.label_names)
+    outputs.plot_curves(trainer.state.log_history, out / "curves.png", f"{s.recipe.task}: {s.recipe.model.model_name_or_path}",
+                        s.task.metric_names)
     from hftl.pooling import pooling_of
 
     merged = s.recipe.peft is not None and s.recipe.peft.merge
-    usage = card.usage_snippet(s.recipe, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)
+    usage = card.usage_snippet(s.recipe, s.task, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)
     from hftl.hub import base_model_id
 
     text = card.model_card(
-        s.recipe, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
+        s.recipe, s.task, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
         adapter, len(s.train_dataset), len(s.eval_dataset), usage, base_model_id(s.recipe), trainer.state.log_history)
     outputs.write_text(out / "README.md", text)
     if merged:
@@ -315,5 +314,5 @@ def load_model(output_dir: str | Path):
         from hftl.pooling import load_portable, needs_remote_code
 
         # A pooled run is built from hftl's own copy of its code: no trust_remote_code here.
-        model = load_portable(out) if needs_remote_code(out) else task.AUTO_MODEL.from_pretrained(str(out))
+        model = load_portable(out) if needs_remote_code(out) else task.auto_model.from_pretrained(str(out))
     return model.eval()

@@ -38,7 +38,7 @@ def _explain(e: Exception, model: nn.Module, recipe) -> HftlError:
     why = f"{type(e).__name__}: {_first_line(e)}"
     if recipe.peft is not None:
         method = recipe.peft.method
-        from hftl.adapters import is_prompt_learning, peft_type
+        from hftl.peft_config import is_prompt_learning, peft_type
 
         instead = ("prompt_tuning, or lora/ia3 (they adapt weights and need nothing from the model's attention)"
                    if is_prompt_learning(peft_type(method)) else "lora with other peft.target_modules, or ia3")

@@ -25,7 +25,6 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
-TASKS = ("image-classification", "text-classification")
 PRESETS = ("feature_extraction", "partial", "full")
 
 
@@ -305,7 +304,7 @@ class HubSection(Section):
 
 
 class Recipe(Section):
-    task: str = Field(description=f"One of: {', '.join(TASKS)}.")
+    task: str = Field(description="The task family: image-classification, text-classification, ... (hftl.tasks.task_names()).")
     model: ModelSection
     data: DataSection
     strategy: StrategySection = Field(default_factory=StrategySection)
@@ -320,8 +319,11 @@ class Recipe(Section):
     @field_validator("task")
     @classmethod
     def _task(cls, v):
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(TASKS)}.{did_you_mean(v, TASKS)}")
+        from hftl.tasks import task_names
+
+        names = task_names()
+        if v not in names:
+            raise ValueError(f"unknown task {v!r}; allowed: {', '.join(names)}.{did_you_mean(v, names)}")
         return v
 
     @property
@@ -579,9 +581,10 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     """Checks that need several sections or other libraries (PEFT config classes, TrainingArguments)."""
     problems = []
     if recipe.peft is not None:
-        from hftl.adapters import check_peft_section
+        from hftl.peft_config import check_peft_section
+        from hftl.tasks import get_task
 
-        problems += check_peft_section(recipe.peft, recipe.task)
+        problems += check_peft_section(recipe.peft, get_task(recipe.task))
         if recipe.hub.push and recipe.hub.upload in ("merged", "both") and not recipe.peft.merge:
             problems.append(f"Recipe key 'hub.upload' is '{recipe.hub.upload}' but peft.merge is false: the merged "
                             "model is only written with peft.merge: true.")

@@ -14,9 +14,7 @@ from torchvision.transforms import v2 as T
 from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
 
 from hftl.errors import HftlError, did_you_mean
-
-AUTO_MODEL = AutoModelForImageClassification
-PEFT_TASK_TYPE = None
+from hftl.tasks.labels import ClassificationTask
 
 # PIL resample codes -> torchvision interpolation
 _PIL_TO_TV = {0: T.InterpolationMode.NEAREST, 1: T.InterpolationMode.LANCZOS, 2: T.InterpolationMode.BILINEAR,
@@ -32,12 +30,6 @@ class Preprocessing:
     interpolation: T.InterpolationMode
 
 
-def load_processor(model_section, path: str):
-    return AutoImageProcessor.from_pretrained(
-        model_section.image_processor_name or path, revision=model_section.model_revision,
-        trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
-
-
 def _interp(value) -> T.InterpolationMode:
     if isinstance(value, T.InterpolationMode):
         return value
@@ -50,7 +42,7 @@ def _get(obj, key):
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def portable_processor(processor, data, model):
+def _portable_processor(processor, data, model):
     """The image processor the run evaluates with and saves: the checkpoint's own, or with `data.image_size`
     one that resizes straight to that size (no crop) with the checkpoint's mean, std and interpolation -- so
     `AutoImageProcessor.from_pretrained(run)` preprocesses as the run did. timm models keep it in
@@ -119,7 +111,7 @@ def train_transforms(pre: Preprocessing, augment):
     return T.Compose(steps)
 
 
-def augmenting(data) -> bool:
+def _augmenting(data) -> bool:
     """Whether training sees random transforms (then features cannot be cached)."""
     aug = data.augment
     return bool(aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0)
@@ -142,7 +134,7 @@ def _check_images(ds, column: str, split: str):
                             "Remove or replace the file.") from None
 
 
-def prepare(splits, processor, data, model=None):
+def _prepare(splits, processor, data, model=None):
     """Train: torchvision transforms (augmentation) at the processor's size; evaluation: the processor itself,
     the one saved with the run, so the ecosystem's loaders preprocess exactly as the run's evaluation did."""
     from datasets import Image
@@ -156,7 +148,7 @@ def prepare(splits, processor, data, model=None):
     if data.image_size and model is not None:
         _check_input_size(model, pre.size)
     # Without augmentation, train on exactly what evaluation (and the saved processor) computes.
-    train_tf = train_transforms(pre, data.augment) if augmenting(data) else None
+    train_tf = train_transforms(pre, data.augment) if _augmenting(data) else None
 
     def evaluation_tf(images):
         return list(processor(images=images, return_tensors="pt")["pixel_values"])
@@ -194,10 +186,55 @@ def _check_input_size(model, size: tuple[int, int]):
         model.train(was_training)
 
 
-def describe_preprocessing(processor, data) -> str:
+def _describe_preprocessing(processor, data) -> str:
     p = preprocessing_of(processor)
     aug = data.augment
     crop = f" -> center crop {p.size}" if p.resize != p.size else ""
     return (f"{type(processor).__name__}: resize {p.resize}{crop}, {p.interpolation.value}, mean {p.mean}, std {p.std}; "
             f"train augmentation: random_resized_crop={aug.random_resized_crop}, horizontal_flip={aug.horizontal_flip}, "
             f"color_jitter={aug.color_jitter}")
+
+
+def _prepare_inputs(dataset, processor, data):
+    """Unlabelled images (paths, PIL images or an Image column) -> pixel_values by the run's own processor."""
+    from datasets import Image
+
+    column = data.image_column_name
+    if column not in dataset.column_names:
+        raise HftlError(f"Recipe key 'data.image_column_name': column '{column}' not in the inputs; columns are: "
+                        f"{', '.join(dataset.column_names)}.{did_you_mean(column, dataset.column_names)}")
+    if not isinstance(dataset.features[column], Image):
+        dataset = dataset.cast_column(column, Image())
+    _check_images(dataset, column, "input")
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c != column])
+
+    def apply(batch):
+        images = [im.convert("RGB") for im in batch[column]]
+        return {"pixel_values": list(processor(images=images, return_tensors="pt")["pixel_values"])}
+
+    dataset.set_transform(apply)
+    return dataset
+
+
+class ImageClassification(ClassificationTask):
+    name = "image-classification"
+    auto_model = AutoModelForImageClassification
+    example_input = '"path/to/image.jpg"'
+    processor_arg = ("image_processor", "AutoImageProcessor")
+    folder_layout = "<label>/<image>"
+
+    def load_folder(self, files):
+        import datasets
+
+        return datasets.load_dataset("imagefolder", data_files=files, drop_labels=False)
+
+    def load_processor(self, model_section, path: str):
+        return AutoImageProcessor.from_pretrained(
+            model_section.image_processor_name or path, revision=model_section.model_revision,
+            trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
+
+    portable_processor = staticmethod(_portable_processor)
+    augmenting = staticmethod(_augmenting)
+    prepare = staticmethod(_prepare)
+    prepare_inputs = staticmethod(_prepare_inputs)
+    describe_preprocessing = staticmethod(_describe_preprocessing)

@@ -1,30 +1,17 @@
-"""Text classification (sentiment and any labels): AutoModelForSequenceClassification + the checkpoint's tokenizer."""
+"""Text classification (sentiment and any labels): AutoModelForSequenceClassification + the checkpoint's tokenizer.
+
+The template for a new task: a `Task` subclass (here via `ClassificationTask`, which brings the labels
+and metrics) with the processor, preprocessing for training and for unlabelled inputs, and the card text.
+"""
 
 from __future__ import annotations
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hftl.errors import HftlError
+from hftl.errors import HftlError, did_you_mean
+from hftl.tasks.labels import ClassificationTask
 
-AUTO_MODEL = AutoModelForSequenceClassification
-PEFT_TASK_TYPE = "SEQ_CLS"
 _DEFAULT_COLUMNS = ("sentence", "text")
-
-
-def load_processor(model_section, path: str):
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_section.tokenizer_name or path, revision=model_section.model_revision,
-        trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # GPT-style tokenizers have no pad token
-    return tokenizer
-
-
-def portable_processor(tokenizer, data, model):
-    """The tokenizer the run saves: model_max_length is the run's max_seq_length, so `pipeline(...,
-    truncation=True)` cuts texts where the run did."""
-    tokenizer.model_max_length = _max_length(tokenizer, data)
-    return tokenizer
 
 
 def _max_length(tokenizer, data) -> int:
@@ -38,8 +25,6 @@ def _text_columns(ds, data) -> list[str]:
             raise HftlError("Recipe key 'data.text_column_names': give one column, or two for sentence pairs.")
         for c in data.text_column_names:
             if c not in ds.column_names:
-                from hftl.errors import did_you_mean
-
                 raise HftlError(
                     f"Recipe key 'data.text_column_names': column '{c}' not in the data; columns are: "
                     f"{', '.join(ds.column_names)}.{did_you_mean(c, ds.column_names)}")
@@ -61,24 +46,48 @@ def _check_texts(ds, columns, split):
                 f"({values[bad]!r}); drop or fill such rows.")
 
 
-def prepare(splits, tokenizer, data, model=None):
-    """Tokenize both splits (truncation to max_seq_length; padding per batch by the collator)."""
-    columns = _text_columns(splits.train, data)
-    max_len = _max_length(tokenizer, data)
+class TextClassification(ClassificationTask):
+    name = "text-classification"
+    auto_model = AutoModelForSequenceClassification
+    peft_task_type = "SEQ_CLS"
+    token_inputs = True
+    example_input = '"I love this!"'
+    pipeline_options = ", truncation=True"
+    processor_arg = ("tokenizer", "AutoTokenizer")
 
-    def tokenize(batch):
-        texts = [batch[c] for c in columns]
-        return tokenizer(*texts, truncation=True, max_length=max_len)
+    def load_processor(self, model_section, path: str):
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_section.tokenizer_name or path, revision=model_section.model_revision,
+            trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # GPT-style tokenizers have no pad token
+        return tokenizer
 
-    out = []
-    for name, ds in (("train", splits.train), ("validation", splits.validation)):
-        _check_texts(ds, columns, name)
-        keep = {"labels"}
-        ds = ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
-                    desc=f"tokenize {name}")
-        out.append(ds)
-    return out[0], out[1], DataCollatorWithPadding(tokenizer)
+    def portable_processor(self, tokenizer, data, model):
+        """The tokenizer the run saves: model_max_length is the run's max_seq_length, so `pipeline(...,
+        truncation=True)` cuts texts where the run did."""
+        tokenizer.model_max_length = _max_length(tokenizer, data)
+        return tokenizer
 
+    def _tokenize(self, ds, tokenizer, data, columns, split: str, keep=("labels",)):
+        _check_texts(ds, columns, split)
+        max_len = _max_length(tokenizer, data)
 
-def describe_preprocessing(tokenizer, data) -> str:
-    return f"{type(tokenizer).__name__}, max_seq_length={data.max_seq_length}, dynamic padding"
+        def tokenize(batch):
+            return tokenizer(*[batch[c] for c in columns], truncation=True, max_length=max_len)
+
+        return ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                      desc=f"tokenize {split}")
+
+    def prepare(self, splits, tokenizer, data, model=None):
+        """Tokenize both splits (truncation to max_seq_length; padding per batch by the collator)."""
+        columns = _text_columns(splits.train, data)
+        train = self._tokenize(splits.train, tokenizer, data, columns, "train")
+        validation = self._tokenize(splits.validation, tokenizer, data, columns, "validation")
+        return train, validation, DataCollatorWithPadding(tokenizer)
+
+    def prepare_inputs(self, dataset, tokenizer, data):
+        return self._tokenize(dataset, tokenizer, data, _text_columns(dataset, data), "input", keep=())
+
+    def describe_preprocessing(self, tokenizer, data) -> str:
+        return f"{type(tokenizer).__name__}, max_seq_length={data.max_seq_length}, dynamic padding"

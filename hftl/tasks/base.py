@@ -1,0 +1,149 @@
+"""The Task contract: everything that differs between task families lives behind it.
+
+A task owns its Auto class, its data (folder layout, label encoding, preprocessing for training and for
+unlabelled inputs at prediction time), its collator, its metrics, what "augmentation on" means, how a run
+of it is described and loaded in the model card, and the PEFT task type. The pipeline, the trainer, the
+outputs and the adapters call these methods and never name a task.
+
+The simplest task is the template: `hftl/tasks/text_classification.py`. A new family subclasses `Task`
+(or `labels.ClassificationTask` when each example has one class) and registers itself:
+
+    from hftl.tasks import Task, register_task
+
+    @register_task
+    class MyTask(Task):
+        name = "my-task"            # the recipe's `task:` value, also the Hub pipeline tag
+        auto_model = AutoModelFor...
+        def load_processor(self, model_section, path): ...
+        def encode_labels(self, train, validation, column): ...
+        def prepare(self, splits, processor, data, model=None): ...
+        def prepare_inputs(self, dataset, processor, data): ...
+        def compute_metrics(self, eval_pred): ...
+
+Methods get recipe sections (`data`, `model`) and datasets, never the whole recipe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from hftl.errors import HftlError
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    auto_model: ClassVar[Any]  # transformers Auto class; `from_pretrained(path, config=...)`
+    peft_task_type: ClassVar[str | None] = None  # peft.TaskType name, or None for PEFT's plain wrapper
+    token_inputs: ClassVar[bool] = False  # prompt-learning PEFT methods (virtual tokens) need token ids
+    # What compute_metrics returns -> how the card and curves.png name it; the first is the headline metric.
+    metric_names: ClassVar[dict[str, str]] = {}
+    example_input: ClassVar[str] = '"..."'  # a Python literal the task's pipeline() takes, for the card
+    pipeline_options: ClassVar[str] = ""  # extra pipeline() arguments for the card, e.g. ", truncation=True"
+    processor_arg: ClassVar[tuple[str, str]] = ("processor", "AutoProcessor")  # pipeline() kwarg, its Auto class
+    folder_layout: ClassVar[str] = "<label>/<file>"  # what data.train_dir holds, for error messages
+
+    # ------------------------------------------------------------------------------------------ data
+
+    def load_folder(self, files: dict[str, str]):
+        """data.train_dir / validation_dir -> a DatasetDict. Tasks without a folder layout refuse it."""
+        raise HftlError(f"Recipe key 'data.train_dir': task {self.name} does not read folders; give data.train_file "
+                        "or data.dataset_name.")
+
+    @abstractmethod
+    def encode_labels(self, train, validation, column: str):
+        """(train, validation or None, label_names): labels as ids, the same names for both splits."""
+
+    def config_kwargs(self, label_names: list[str]) -> dict:
+        """Keys for AutoConfig.from_pretrained (the head's size and names)."""
+        return {}
+
+    # ------------------------------------------------------------------------------------------ processor
+
+    @abstractmethod
+    def load_processor(self, model_section, path: str):
+        """The checkpoint's own tokenizer / image processor / feature extractor."""
+
+    def portable_processor(self, processor, data, model):
+        """The processor the run evaluates with and saves (so plain transformers loads preprocess the same)."""
+        return processor
+
+    # ------------------------------------------------------------------------------------------ preprocessing
+
+    @abstractmethod
+    def prepare(self, splits, processor, data, model=None):
+        """(train_dataset, eval_dataset, collator) for the Trainer; bad data raises HftlError here."""
+
+    @abstractmethod
+    def prepare_inputs(self, dataset, processor, data):
+        """Unlabelled inputs (the data's input columns only) -> a dataset the collator batches for prediction."""
+
+    def augmenting(self, data) -> bool:
+        """Whether training sees random transforms (then backbone features cannot be cached)."""
+        return False
+
+    # ------------------------------------------------------------------------------------------ metrics / card
+
+    @abstractmethod
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        """Trainer's compute_metrics: keys as in metric_names (the Trainer adds the eval_ prefix)."""
+
+    preprocess_logits_for_metrics = None  # or a method (logits, labels) -> what compute_metrics gets
+
+    def describe_preprocessing(self, processor, data) -> str:
+        return type(processor).__name__
+
+    def adapter_usage(self, labels_kwargs: str) -> list[str]:
+        """Card lines that load the base model + adapter with PEFT and build `classifier = pipeline(...)`."""
+        arg, cls = self.processor_arg
+        auto = self.auto_model.__name__
+        return [
+            "from peft import PeftConfig, PeftModel", f"from transformers import {cls}, {auto}, pipeline", "",
+            "config = PeftConfig.from_pretrained(model_id)", f"base = {auto}.from_pretrained(",
+            f"    config.base_model_name_or_path{labels_kwargs}, ignore_mismatched_sizes=True)",
+            "model = PeftModel.from_pretrained(base, model_id)",
+            f'classifier = pipeline("{self.name}", model=model, {arg}={cls}.from_pretrained(model_id){self.pipeline_options})']
+
+
+_BUILTIN = {
+    "image-classification": "hftl.tasks.image_classification:ImageClassification",
+    "text-classification": "hftl.tasks.text_classification:TextClassification",
+}
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task):
+    """Register a Task subclass (usable as a class decorator) or instance under its `name`; a name that is
+    taken (a built-in one too) is refused."""
+    instance = task() if isinstance(task, type) else task
+    if not isinstance(instance, Task):
+        raise TypeError(f"register_task takes a hftl.tasks.Task subclass, not {type(instance).__name__}")
+    name = getattr(instance, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{type(instance).__name__} has no `name`")
+    if name in _REGISTRY or name in _BUILTIN:
+        raise ValueError(f"A task named {name!r} is already registered ({type(_lookup(name)).__name__}).")
+    _REGISTRY[name] = instance
+    return task
+
+
+def _lookup(name: str) -> Task:
+    if name not in _REGISTRY:
+        import importlib
+
+        module, cls = _BUILTIN[name].split(":")
+        _REGISTRY[name] = getattr(importlib.import_module(module), cls)()
+    return _REGISTRY[name]
+
+
+def task_names() -> list[str]:
+    return list(dict.fromkeys([*_BUILTIN, *_REGISTRY]))
+
+
+def get_task(name: str) -> Task:
+    from hftl.errors import did_you_mean
+
+    names = task_names()
+    if name not in names:
+        raise HftlError(f"Unknown task '{name}'; allowed: {', '.join(names)}.{did_you_mean(name, names)}")
+    return _lookup(name)
