@@ -86,7 +86,7 @@ def _load_raw(data: DataSection, task):
             e = e.__cause__  # "An error occurred while generating the dataset": the cause says what
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "corresponds to no data" in msg:  # datasets' words for "no file the loader can read"
-            msg = f"no data found ({f'no files in {task.folder_layout} folders' if data.train_dir else 'no rows'})"
+            msg = f"no data found ({f'no {task.folder_files} files in {task.folder_layout} folders' if data.train_dir else 'no rows'})"
         raise HftlError(f"Recipe key 'data.{key}': could not load '{source}': {msg}") from None
 
 

@@ -42,6 +42,7 @@ class Task(ABC):
     pipeline_options: ClassVar[str] = ""  # extra pipeline() arguments for the card, e.g. ", truncation=True"
     processor_arg: ClassVar[tuple[str, str]] = ("processor", "AutoProcessor")  # pipeline() kwarg, its Auto class
     folder_layout: ClassVar[str] = "<label>/<file>"  # what data.train_dir holds, for error messages
+    folder_files: ClassVar[str] = "data"  # what kind of files those are ("image", "audio")
 
     # ------------------------------------------------------------------------------------------ data
 

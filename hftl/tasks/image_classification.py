@@ -222,6 +222,7 @@ class ImageClassification(ClassificationTask):
     example_input = '"path/to/image.jpg"'
     processor_arg = ("image_processor", "AutoImageProcessor")
     folder_layout = "<label>/<image>"
+    folder_files = "image"
 
     def load_folder(self, files):
         import datasets
