@@ -48,9 +48,9 @@ def why_not(model: nn.Module, plan, strategy, augment_on: bool) -> str | None:
 
 
 def _backbone(task: nn.Module) -> nn.Module | None:
-    prefix = getattr(task, "base_model_prefix", "")
-    module = getattr(task, prefix, None) if prefix else None
-    return module if isinstance(module, nn.Module) and module is not task else None
+    from hftl.hooks.layers import find_backbone
+
+    return find_backbone(task)[1]
 
 
 def _batches(dataset, collator, batch_size):

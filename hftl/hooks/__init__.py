@@ -2,13 +2,13 @@
 
 from hftl.hooks.discriminative import LrAssignment, assign_lrs, depth_lrs, param_groups
 from hftl.hooks.freezing import BatchNormFreezer, matches, select, set_trainable, trainable_names
-from hftl.hooks.layers import LayerMap, build_layer_map, find_blocks, find_head, unwrap
+from hftl.hooks.layers import LayerMap, build_layer_map, find_backbone, find_blocks, find_head, unwrap
 from hftl.hooks.reinit import names_from_depth, reinit
 from hftl.hooks.unfreezing import GradualUnfreezing, TrainableSet, build_stages
 
 __all__ = [
     "BatchNormFreezer", "GradualUnfreezing", "LayerMap", "LrAssignment", "TrainableSet", "assign_lrs",
     "build_layer_map", "build_stages",
-    "depth_lrs", "find_blocks", "find_head", "matches", "names_from_depth", "param_groups", "reinit", "select",
-    "set_trainable", "trainable_names", "unwrap",
+    "depth_lrs", "find_backbone", "find_blocks", "find_head", "matches", "names_from_depth", "param_groups", "reinit",
+    "select", "set_trainable", "trainable_names", "unwrap",
 ]

@@ -1,7 +1,9 @@
 """Layer map: give every parameter a depth, for any architecture.
 
 embeddings / stem = 0, repeated block i of the backbone = i + 1, whatever follows the blocks (final
-norm, pooler) = L + 1, the task head = L + 2. Blocks are found generically (the repeated
+norm, pooler) = L + 1, the task head = L + 2. A second repeated stack on the input side, before the first
+block (the convolutional feature encoder of Wav2Vec2 / HuBERT / WavLM), gets its own depth 0 below the
+embeddings, which then move to 1 (and everything above up by one). Blocks are found generically (the repeated
 ModuleList/Sequential holding most of the backbone's parameters, flattened one level for staged
 CNNs such as `encoder.stages.N.layers.M`); a timm model's own `group_matcher` is used where it has one.
 PEFT / DDP / torch.compile wrappers are seen through: a LoRA parameter takes the depth of the layer it adapts.
@@ -30,10 +32,11 @@ class LayerMap:
     depth: dict[str, int]
     labels: list[str]  # labels[d] names depth d: "embeddings", "encoder.layer.0", ..., "post", "head"
     blocks: list[str] = field(default_factory=list)  # module paths of the blocks, in order
+    input_depths: int = 1  # depths below the first block: embeddings, or feature encoder + embeddings
 
     @property
     def num_blocks(self) -> int:
-        return len(self.labels) - 3
+        return len(self.labels) - 2 - self.input_depths
 
     @property
     def head_depth(self) -> int:
@@ -57,8 +60,10 @@ class LayerMap:
     def describe(self) -> str:
         if len(self.labels) <= 6:
             return ", ".join(f"{i}={l}" for i, l in enumerate(self.labels))
-        return (f"0={self.labels[0]}, 1={self.labels[1]} .. {self.num_blocks}={self.labels[self.num_blocks]}, "
-                f"{self.num_blocks + 1}={POST_LABEL}, {self.head_depth}={HEAD_LABEL}")
+        first, last = self.input_depths, self.input_depths + self.num_blocks - 1
+        low = ", ".join(f"{i}={self.labels[i]}" for i in range(first))
+        return (f"{low}, {first}={self.labels[first]} .. {last}={self.labels[last]}, "
+                f"{last + 1}={POST_LABEL}, {self.head_depth}={HEAD_LABEL}")
 
 
 def strip_wrappers(name: str) -> str:
@@ -103,11 +108,34 @@ def find_head(model: nn.Module) -> list[str]:
             name = next((n for n, m in timm_model.named_modules() if m is clf), None)
         if name:
             return [prefix + name]
-    base_prefix = getattr(task, "base_model_prefix", "")
-    if base_prefix and isinstance(getattr(task, base_prefix, None), nn.Module):
-        # transformers: everything beside the backbone attribute (classifier, pre_classifier, score, projector...)
-        return [n for n, m in task.named_children() if n != base_prefix and any(True for _ in m.parameters())]
-    return []
+    name, backbone = find_backbone(task)
+    if backbone is None:
+        return []
+    children = [n for n, m in task.named_children() if any(True for _ in m.parameters())]
+    if name != getattr(task, "base_model_prefix", ""):
+        children = children[children.index(name):]  # found by structure: the head follows the backbone
+    # transformers: everything beside the backbone attribute (classifier, pre_classifier, score, projector...)
+    return [n for n in children if n != name]
+
+
+def find_backbone(task: nn.Module) -> tuple[str, nn.Module | None]:
+    """(attribute, module) of the task model's backbone, or ("", None).
+
+    transformers' `base_model_prefix` where the model has that attribute; otherwise the one direct child
+    that holds the repeated blocks below it, with parameters beside it. (CLIP/SigLIP image classifiers keep
+    their vision tower as `vision_model` while their prefix names the dual-encoder model: 'clip', 'siglip'.)
+    """
+    prefix = getattr(task, "base_model_prefix", "")
+    module = getattr(task, prefix, None) if prefix else None
+    if isinstance(module, nn.Module) and module is not task:
+        return prefix, module
+    best = _block_container(task)
+    if best is None or "." not in best[0]:  # no blocks, or the block list is itself a direct child
+        return "", None
+    name = best[0].split(".")[0]
+    child = getattr(task, name, None)
+    beside = any(n != name and any(True for _ in m.parameters()) for n, m in task.named_children())
+    return (name, child) if isinstance(child, nn.Module) and beside else ("", None)
 
 
 def _timm_model(task: nn.Module) -> tuple[nn.Module | None, str]:
@@ -136,13 +164,19 @@ def _num_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def find_blocks(backbone: nn.Module, prefix: str = "") -> list[str]:
-    """Ordered module paths of the backbone's repeated blocks (staged CNNs flattened one level)."""
+def _block_container(backbone: nn.Module):
+    """(path, container) of the repeated ModuleList/Sequential holding the most parameters, or None."""
     best, best_size = None, 0
     for path, container in _repeated_lists(backbone):
         size = _num_params(container)
         if size > best_size:
             best, best_size = (path, container), size
+    return best
+
+
+def find_blocks(backbone: nn.Module, prefix: str = "") -> list[str]:
+    """Ordered module paths of the backbone's repeated blocks (staged CNNs flattened one level)."""
+    best = _block_container(backbone)
     if best is None:
         return []
     path, container = best
@@ -197,11 +231,11 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
         groups = _timm_groups(timm_model, tprefix, inner_names) if timm_model is not None else None
         if groups:
             return _finish_timm(names, inner_names, groups, is_head, tprefix)
-        base_prefix = getattr(task, "base_model_prefix", "")
-        backbone = getattr(task, base_prefix, None) if base_prefix else None
-        if not isinstance(backbone, nn.Module):
+        base_prefix, backbone = find_backbone(task)
+        if backbone is None:
             backbone, base_prefix = task, ""
-        blocks = find_blocks(backbone, base_prefix + "." if base_prefix else "")
+        bprefix = base_prefix + "." if base_prefix else ""
+        blocks = find_blocks(backbone, bprefix)
         block_index = {}
         for n in inner_names:
             i = next((i for i, b in enumerate(blocks) if _under(n, b)), None)
@@ -235,7 +269,27 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
         else:
             depth[wrapped] = L + 1
     labels = ["embeddings"] + [_short(b) for b in blocks] + [POST_LABEL, HEAD_LABEL]
-    return LayerMap(depth=depth, labels=labels, blocks=list(blocks))
+    stack = None if blocks_regex else _input_stack(backbone, bprefix, inner_names[:first])
+    if stack is None:
+        return LayerMap(depth=depth, labels=labels, blocks=list(blocks))
+    depth = {w: 0 if any(_under(n, stack) for n in (w, strip_wrappers(w))) else d + 1 for w, d in depth.items()}
+    return LayerMap(depth=depth, labels=[_short(stack)] + labels, blocks=list(blocks), input_depths=2)
+
+
+def _input_stack(backbone: nn.Module, prefix: str, input_side: list[str]) -> str | None:
+    """The largest ModuleList of >= 2 layers whose parameters all come before the first block (a conv feature
+    encoder; its first layer may differ, e.g. Wav2Vec2's group-norm conv), as a module path; None when the
+    input side has no such stack."""
+    before = set(input_side)
+    best, best_size = None, 0
+    for path, container in backbone.named_modules():
+        if not (isinstance(container, nn.ModuleList) and sum(_num_params(c) > 0 for c in container) >= 2):
+            continue
+        names = [f"{prefix}{path}.{n}" for n, _ in container.named_parameters()]
+        size = _num_params(container)
+        if names and all(n in before for n in names) and size > best_size:
+            best, best_size = f"{prefix}{path}", size
+    return best
 
 
 def _blocks_from_regex(names: list[str], regex: str) -> dict[str, tuple]:
