@@ -18,11 +18,15 @@ def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: b
     name = task.name
     head = [f'model_id = "{recipe.output_dir}"  # this folder, or its Hub repo id']
     pooled = pooling != "default"
+    custom = task.usage(recipe.data)
+    if custom is not None:
+        cut = custom.index("") + 1  # imports, then the code that needs model_id
+        return "\n".join([*custom[:cut], *head, *custom[cut:]])
     if not adapter:
         remote = ", trust_remote_code=True" if pooled else ""
         note = ([f"# trust_remote_code: the {pooling} pooling the classifier was trained on ships as code in this "
                  "folder (hftl_pooling.py);", "# without it transformers refuses to load the model."] if pooled else [])
-        return "\n".join(["from transformers import pipeline", "", *head, *note,
+        return "\n".join([*task.example_imports, "from transformers import pipeline", "", *head, *note,
                           f'classifier = pipeline("{name}", model=model_id{trunc}{remote})',
                           f"print(classifier({example}))"])
     if pooled:
@@ -39,8 +43,8 @@ def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: b
 
     labels = "".join(f", {k}={v!r}" for k, v in label_config(label_names).items()) if label_names else ""
     lines = task.adapter_usage(labels)
-    cut = lines.index("") + 1  # imports, then the code that needs model_id
-    return "\n".join([*lines[:cut], *head, *lines[cut:], f"print(classifier({example}))"])
+    cut = lines.index("") + 1
+    return "\n".join([*task.example_imports, *lines[:cut], *head, *lines[cut:], f"print(classifier({example}))"])
 
 
 def _shown(source: str) -> str:

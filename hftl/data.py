@@ -57,11 +57,11 @@ def _load_raw(data: DataSection, task):
     try:
         if data.train_dir:
             _check_dir(data.train_dir, "train_dir", task.folder_layout)
-            files = {"train": str(Path(data.train_dir) / "**")}
+            folders = {"train": data.train_dir}
             if data.validation_dir:
                 _check_dir(data.validation_dir, "validation_dir", task.folder_layout)
-                files["validation"] = str(Path(data.validation_dir) / "**")
-            return task.load_folder(files)
+                folders["validation"] = data.validation_dir
+            return task.load_folder(folders)
         if data.train_file:
             loader = _file_loader(data.train_file, "train_file")
             files = {"train": data.train_file}
@@ -99,7 +99,7 @@ def load_splits(data: DataSection, seed: int, task) -> Splits:
             f"{', '.join(raw)}.{did_you_mean(data.train_split_name, raw)}"
         )
     train = raw[data.train_split_name]
-    label = data.label_column_name
+    label = data.label_column_name or task.label_column
     if label not in train.column_names:
         raise HftlError(
             f"Recipe key 'data.label_column_name': column '{label}' not in the data; columns are: "

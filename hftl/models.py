@@ -40,15 +40,15 @@ def _load_error(path: str, e: Exception) -> HftlError:
     )
 
 
-def load_processor(task, model_section):
+def load_processor(task, model_section, data):
     path = resolve_path(model_section)
     try:
-        return task.load_processor(model_section, path)
+        return task.load_processor(model_section, path, data)
     except (OSError, ValueError) as e:
         raise _load_error(path, e) from None
 
 
-def build_model(task, model_section, label_names: list[str]):
+def build_model(task, model_section, label_names: list[str], data):
     """The task's Auto class with its config keys (num_labels / id2label / label2id); a mismatched head is replaced."""
     from transformers import AutoConfig
 
@@ -59,7 +59,7 @@ def build_model(task, model_section, label_names: list[str]):
         config = AutoConfig.from_pretrained(model_section.config_name or path, **task.config_kwargs(label_names), **common)
         if getattr(config, "pad_token_id", 0) is None and getattr(config, "eos_token_id", None) is not None:
             config.pad_token_id = config.eos_token_id  # GPT-style models classify the last non-pad token
-        model, info = task.auto_model.from_pretrained(
+        model, info = task.model_class(data).from_pretrained(
             path, config=config, ignore_mismatched_sizes=model_section.ignore_mismatched_sizes,
             output_loading_info=True, **common)
     except (OSError, ValueError, KeyError) as e:

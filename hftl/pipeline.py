@@ -91,8 +91,9 @@ def setup(recipe: Recipe) -> Setup:
     set_seed(recipe.seed)
     task = get_task(recipe.task)
     splits = load_splits(recipe.data, recipe.seed, task)
-    processor = models.load_processor(task, recipe.model)
-    model = models.build_model(task, recipe.model, splits.label_names)
+    processor = models.load_processor(task, recipe.model, recipe.data)
+    model = models.build_model(task, recipe.model, splits.label_names, recipe.data)
+    task.configure_model(model, recipe.model)
     # What the run evaluates with and saves, so plain transformers loads preprocess as the run did.
     processor = task.portable_processor(processor, recipe.data, model)
     _check_push(recipe, model)
@@ -308,11 +309,12 @@ def load_model(output_dir: str | Path):
         from peft import PeftModel
 
         labels = json.loads((out / "labels.json").read_text())
-        base = models.build_model(task, recipe.model, labels)
+        base = models.build_model(task, recipe.model, labels, recipe.data)
+        task.configure_model(base, recipe.model)
         model = PeftModel.from_pretrained(base, str(out))
     else:
         from hftl.pooling import load_portable, needs_remote_code
 
         # A pooled run is built from hftl's own copy of its code: no trust_remote_code here.
-        model = load_portable(out) if needs_remote_code(out) else task.auto_model.from_pretrained(str(out))
+        model = load_portable(out) if needs_remote_code(out) else task.model_class(recipe.data).from_pretrained(str(out))
     return model.eval()

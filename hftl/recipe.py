@@ -57,6 +57,11 @@ class ModelSection(Section):
     config_name: str | None = Field(None, description="Config to use instead of the checkpoint's.")
     tokenizer_name: str | None = Field(None, description="Tokenizer to use instead of the checkpoint's.")
     image_processor_name: str | None = Field(None, description="Image processor to use instead of the checkpoint's.")
+    feature_extractor_name: str | None = Field(None, description="Audio feature extractor to use instead of the "
+                                               "checkpoint's.", json_schema_extra={"tasks": ["audio-classification"]})
+    freeze_feature_encoder: bool | None = Field(
+        None, description="Keep the convolutional feature encoder of speech models (Wav2Vec2, HuBERT, WavLM) frozen "
+        "for the whole run. Default: true for models that have one.", json_schema_extra={"tasks": ["audio-classification"]})
     cache_dir: str | None = Field(None, description="Where downloaded checkpoints are cached.")
     pooling: Literal["auto", "default", "mean", "cls"] = Field(
         "auto", description="Sentence pooling for BERT-style text models: auto (the checkpoint's own, from a "
@@ -96,6 +101,19 @@ class AugmentSection(Section):
         return v
 
 
+class SpectrogramSection(Section):
+    """Log-mel spectrogram images for image backbones (data.audio_features: log_mel)."""
+
+    sampling_rate: PositiveInt = Field(16000, description="Clips are resampled to this rate first.")
+    n_mels: PositiveInt = Field(128, description="Mel bands (the image height).")
+    n_fft: PositiveInt | None = Field(None, description="FFT size (default: next power of two >= win_length).")
+    win_length: PositiveInt | None = Field(None, description="Window in samples (default 25 ms).")
+    hop_length: PositiveInt | None = Field(None, description="Hop in samples (default 10 ms; the image width is one column per hop).")
+    f_min: float = Field(0.0, ge=0, description="Lowest mel frequency (Hz).")
+    f_max: PositiveFloat | None = Field(None, description="Highest mel frequency (Hz; default sampling_rate / 2).")
+    top_db: PositiveFloat = Field(80.0, description="dB range below each clip's peak mapped to 0..255.")
+
+
 class DataSection(Section):
     dataset_name: str | None = Field(None, description="Hub dataset id, `datasets.save_to_disk` folder, or `zoo:<alias>`.")
     dataset_config_name: str | None = Field(None, description="Configuration of the dataset.")
@@ -108,9 +126,27 @@ class DataSection(Section):
     train_val_split: float = Field(0.15, gt=0, lt=1, description="Fraction of train held out when there is no validation set.")
     max_train_samples: PositiveInt | None = Field(None, description="Truncate the training set (after a seeded shuffle).")
     max_eval_samples: PositiveInt | None = Field(None, description="Truncate the evaluation set.")
-    image_column_name: str = Field("image", description="Column holding the images.")
-    text_column_names: list[str] | None = Field(None, description="Text column(s); two columns make a sentence pair. Default: `sentence`/`text`.")
-    label_column_name: str = Field("label", description="Column holding the labels (strings or ints).")
+    image_column_name: str = Field("image", description="Column holding the images.",
+                                   json_schema_extra={"tasks": ["image-classification"]})
+    text_column_names: list[str] | None = Field(
+        None, description="Text column(s); two columns make a sentence pair. Default: `sentence`/`text`.",
+        json_schema_extra={"tasks": ["text-classification"]})
+    label_column_name: str | None = Field(None, description="Column holding the labels (strings or ints; per word for "
+                                          "token classification). Default: label, ner_tags for token classification.")
+    text_column_name: str | None = Field(None, description="Token classification: the column of word lists (default "
+                                         "tokens).", json_schema_extra={"tasks": ["token-classification"]})
+    label_all_tokens: bool = Field(False, description="Token classification: every sub-token of a word carries its label "
+                                   "(default: the first only, the rest are ignored).", json_schema_extra={"tasks": ["token-classification"]})
+    audio_column_name: str = Field("audio", description="Column holding the audio (file paths, or a datasets Audio "
+                                   "column).", json_schema_extra={"tasks": ["audio-classification"]})
+    max_duration_seconds: PositiveFloat | None = Field(
+        None, description="Audio: random crop of this length at train time (whole clips at evaluation); with "
+        "audio_features: log_mel also the spectrogram width (shorter clips padded with silence).", json_schema_extra={"tasks": ["audio-classification"]})
+    audio_features: Literal["raw", "log_mel"] = Field(
+        "raw", description="Audio: raw (the checkpoint's feature extractor) or log_mel (spectrogram images for an "
+        "image-classification checkpoint, timm or transformers).", json_schema_extra={"tasks": ["audio-classification"]})
+    spectrogram: SpectrogramSection = Field(default_factory=SpectrogramSection, description="Log-mel settings "
+                                            "(audio_features: log_mel).", json_schema_extra={"tasks": ["audio-classification"]})
     max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated).")
     augment: AugmentSection = Field(default_factory=AugmentSection, description="Train-time image augmentation; `false` turns it off.")
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
@@ -579,7 +615,7 @@ def load_recipe(source: str | os.PathLike | dict | Recipe, overrides: list[str] 
 
 def _cross_checks(recipe: Recipe) -> list[str]:
     """Checks that need several sections or other libraries (PEFT config classes, TrainingArguments)."""
-    problems = []
+    problems = _task_keys(recipe)
     if recipe.peft is not None:
         from hftl.peft_config import check_peft_section
         from hftl.tasks import get_task
@@ -591,6 +627,22 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     problems += _check_sharding(recipe)
     if not problems:
         problems += _check_training_values(recipe.training)
+    return problems
+
+
+def _task_keys(recipe: Recipe) -> list[str]:
+    """A key that only some task families read (its schema field says which) is refused for the others,
+    instead of being silently ignored."""
+    problems = []
+    for section_name in ("model", "data"):
+        section = getattr(recipe, section_name)
+        for key in sorted(section.model_fields_set):
+            field = type(section).model_fields[key]
+            tasks = (field.json_schema_extra or {}).get("tasks")
+            default = field.get_default(call_default_factory=True)
+            if tasks and recipe.task not in tasks and getattr(section, key) != default:  # saved recipes list defaults
+                problems.append(f"Recipe key '{section_name}.{key}' is read by task {' and '.join(tasks)} only; this "
+                                f"recipe's task is {recipe.task}: remove the key or change the task.")
     return problems
 
 

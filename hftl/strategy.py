@@ -54,7 +54,7 @@ def plan_strategy(model: nn.Module, strategy: StrategySection, *, learning_rate:
     lm = layer_map_for(model, strategy)
     freeze = strategy.freeze
     if freeze is None and strategy.preset == "partial":
-        freeze = FreezeSpec(below_depth=lm.num_blocks // 2 + 1)  # embeddings + lower half of the blocks
+        freeze = FreezeSpec(below_depth=lm.num_blocks // 2 + lm.input_depths)  # input side + lower half of the blocks
     if isinstance(freeze, FreezeSpec) and freeze.patterns:
         check_patterns(model, freeze.patterns, "strategy.freeze.patterns")
     if isinstance(freeze, FreezeSpec) and freeze.below_depth is not None and freeze.below_depth > lm.head_depth:

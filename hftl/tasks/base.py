@@ -14,7 +14,7 @@ The simplest task is the template: `hftl/tasks/text_classification.py`. A new fa
     class MyTask(Task):
         name = "my-task"            # the recipe's `task:` value, also the Hub pipeline tag
         auto_model = AutoModelFor...
-        def load_processor(self, model_section, path): ...
+        def load_processor(self, model_section, path, data): ...
         def encode_labels(self, train, validation, column): ...
         def prepare(self, splits, processor, data, model=None): ...
         def prepare_inputs(self, dataset, processor, data): ...
@@ -38,16 +38,18 @@ class Task(ABC):
     token_inputs: ClassVar[bool] = False  # prompt-learning PEFT methods (virtual tokens) need token ids
     # What compute_metrics returns -> how the card and curves.png name it; the first is the headline metric.
     metric_names: ClassVar[dict[str, str]] = {}
-    example_input: ClassVar[str] = '"..."'  # a Python literal the task's pipeline() takes, for the card
+    example_input: ClassVar[str] = '"..."'  # a Python expression the task's pipeline() takes, for the card
+    example_imports: ClassVar[tuple[str, ...]] = ()  # import lines example_input needs
     pipeline_options: ClassVar[str] = ""  # extra pipeline() arguments for the card, e.g. ", truncation=True"
     processor_arg: ClassVar[tuple[str, str]] = ("processor", "AutoProcessor")  # pipeline() kwarg, its Auto class
     folder_layout: ClassVar[str] = "<label>/<file>"  # what data.train_dir holds, for error messages
+    label_column: ClassVar[str] = "label"  # data.label_column_name's default
     folder_files: ClassVar[str] = "data"  # what kind of files those are ("image", "audio")
 
     # ------------------------------------------------------------------------------------------ data
 
-    def load_folder(self, files: dict[str, str]):
-        """data.train_dir / validation_dir -> a DatasetDict. Tasks without a folder layout refuse it."""
+    def load_folder(self, folders: dict[str, str]):
+        """{split: data.train_dir / validation_dir} -> a DatasetDict. Tasks without a folder layout refuse it."""
         raise HftlError(f"Recipe key 'data.train_dir': task {self.name} does not read folders; give data.train_file "
                         "or data.dataset_name.")
 
@@ -59,10 +61,21 @@ class Task(ABC):
         """Keys for AutoConfig.from_pretrained (the head's size and names)."""
         return {}
 
+    # ------------------------------------------------------------------------------------------ model
+
+    def model_class(self, data):
+        """The Auto class that builds (and reloads) the model for this data; `auto_model` unless the data says
+        otherwise (audio as spectrogram images trains an image classifier)."""
+        return self.auto_model
+
+    def configure_model(self, model, model_section) -> None:
+        """Task-specific changes to the freshly loaded model, before the strategy and PEFT see it (e.g. a
+        feature encoder frozen for the whole run: parameters with requires_grad False never become candidates)."""
+
     # ------------------------------------------------------------------------------------------ processor
 
     @abstractmethod
-    def load_processor(self, model_section, path: str):
+    def load_processor(self, model_section, path: str, data):
         """The checkpoint's own tokenizer / image processor / feature extractor."""
 
     def portable_processor(self, processor, data, model):
@@ -94,10 +107,15 @@ class Task(ABC):
     def describe_preprocessing(self, processor, data) -> str:
         return type(processor).__name__
 
+    def usage(self, data) -> list[str] | None:
+        """Card lines that load and run the model when `pipeline(self.name, ...)` cannot: imports, an empty
+        line, then code that uses `model_id` (the card defines it there). None: the card's pipeline() snippet."""
+        return None
+
     def adapter_usage(self, labels_kwargs: str) -> list[str]:
         """Card lines that load the base model + adapter with PEFT and build `classifier = pipeline(...)`."""
         arg, cls = self.processor_arg
-        auto = self.auto_model.__name__
+        auto = self.auto_model.__name__  # model_class(data) for data-dependent tasks: override this method
         return [
             "from peft import PeftConfig, PeftModel", f"from transformers import {cls}, {auto}, pipeline", "",
             "config = PeftConfig.from_pretrained(model_id)", f"base = {auto}.from_pretrained(",
@@ -109,6 +127,8 @@ class Task(ABC):
 _BUILTIN = {
     "image-classification": "hftl.tasks.image_classification:ImageClassification",
     "text-classification": "hftl.tasks.text_classification:TextClassification",
+    "audio-classification": "hftl.tasks.audio_classification:AudioClassification",
+    "token-classification": "hftl.tasks.token_classification:TokenClassification",
 }
 _REGISTRY: dict[str, Task] = {}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torchvision.transforms import v2 as T
@@ -224,12 +225,13 @@ class ImageClassification(ClassificationTask):
     folder_layout = "<label>/<image>"
     folder_files = "image"
 
-    def load_folder(self, files):
+    def load_folder(self, folders):
         import datasets
 
+        files = {split: str(Path(folder) / "**") for split, folder in folders.items()}
         return datasets.load_dataset("imagefolder", data_files=files, drop_labels=False)
 
-    def load_processor(self, model_section, path: str):
+    def load_processor(self, model_section, path: str, data):
         return AutoImageProcessor.from_pretrained(
             model_section.image_processor_name or path, revision=model_section.model_revision,
             trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)

@@ -55,7 +55,7 @@ class TextClassification(ClassificationTask):
     pipeline_options = ", truncation=True"
     processor_arg = ("tokenizer", "AutoTokenizer")
 
-    def load_processor(self, model_section, path: str):
+    def load_processor(self, model_section, path: str, data):
         tokenizer = AutoTokenizer.from_pretrained(
             model_section.tokenizer_name or path, revision=model_section.model_revision,
             trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
