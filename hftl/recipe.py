@@ -177,6 +177,13 @@ class DataSection(Section):
         return {} if v is True or v is None else v
 
     @model_validator(mode="after")
+    def _spectrogram_width(self):
+        if self.audio_features == "log_mel" and self.max_duration_seconds is None:
+            raise ValueError("data.audio_features: log_mel needs data.max_duration_seconds: it sets the spectrogram "
+                             "width (e.g. 3 for clips of a few seconds)")
+        return self
+
+    @model_validator(mode="after")
     def _one_source(self):
         sources = [self.dataset_name, self.train_dir, self.train_file]
         if sum(s is not None for s in sources) != 1:

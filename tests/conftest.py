@@ -170,3 +170,52 @@ def image_recipe(vit_dir, image_dirs, tmp_path):
         return merge_sections(recipe, sections)
 
     return make
+
+
+# ----------------------------------------------------------------------------------------------- audio
+
+SR = 16000
+TONES = {"high": 1500.0, "low": 300.0}
+
+
+def tone_clip(freq: float, seconds: float, rng, sr: int = SR):
+    """A noisy sine: the two classes of the toy audio set differ in pitch."""
+    import numpy as np
+
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6)) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def write_audio_folder(root: Path, n_per_class: int, seed: int, sr: int = SR, fmt: str = "wav") -> Path:
+    """<label>/<i>.wav clips of 0.3-0.6 s: `high` (1.5 kHz) vs `low` (300 Hz) tones."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    for label, freq in TONES.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            sf.write(root / label / f"{i}.{fmt}", tone_clip(freq, rng.uniform(0.3, 0.6), rng, sr), sr)
+    return root
+
+
+@pytest.fixture(scope="session")
+def audio_dirs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audio")
+    return write_audio_folder(d / "train", 16, 0), write_audio_folder(d / "validation", 6, 1)
+
+
+@pytest.fixture(scope="session")
+def w2v_dir(tmp_path_factory):
+    """A 2-layer Wav2Vec2 (hidden 32, 2 conv layers: 45-sample receptive field) with its feature extractor."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    d = tmp_path_factory.mktemp("w2v")
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                            conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2, vocab_size=10, num_labels=2)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(d)
+    Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=False).save_pretrained(d)
+    return d

@@ -7,32 +7,14 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import yaml
 
 import hftl
+from conftest import SR
 from hftl.errors import HftlError
-
-SR = 16000
-TONES = {"high": 1500.0, "low": 300.0}
-
-
-def clip(freq: float, seconds: float, rng, sr: int = SR) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return (0.5 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 6)) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def write_audio_folder(root, n_per_class: int, seed: int, sr: int = SR, fmt: str = "wav"):
-    rng = np.random.default_rng(seed)
-    for label, freq in TONES.items():
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            sf.write(root / label / f"{i}.{fmt}", clip(freq, rng.uniform(0.3, 0.6), rng, sr), sr)
-    return root
-
 
 def resave(src, dst, sr: int):
     """The same clips at another sampling rate (soxr), same names."""
@@ -43,27 +25,6 @@ def resave(src, dst, sr: int):
         out.parent.mkdir(parents=True, exist_ok=True)
         sf.write(out, load_clip(str(p), sr), sr)
     return dst
-
-
-@pytest.fixture(scope="session")
-def audio_dirs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("audio")
-    return write_audio_folder(d / "train", 16, 0), write_audio_folder(d / "validation", 6, 1)
-
-
-@pytest.fixture(scope="session")
-def w2v_dir(tmp_path_factory):
-    """A 2-layer Wav2Vec2 (hidden 32, 2 conv layers: 45-sample receptive field) with its feature extractor."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
-
-    d = tmp_path_factory.mktemp("w2v")
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                            conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=2, vocab_size=10, num_labels=2)
-    Wav2Vec2ForSequenceClassification(config).save_pretrained(d)
-    Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=False).save_pretrained(d)
-    return d
 
 
 def audio_recipe(model_dir, dirs, tmp_path, **sections):

@@ -15,7 +15,7 @@ Each case file starts with a header of comments:
     # reject: sub1 | sub2                   (optional: substrings the message must not contain, e.g. a wrong hint)
     # xfail: <reason>                       (optional: a known gap, fixed outside this file; strict)
 
-Recipes and headers use placeholders: {BERT} / {VIT} (tiny checkpoints), {DATA} (good and bad data files,
+Recipes and headers use placeholders: {BERT} / {VIT} / {W2V} (tiny checkpoints), {DATA} (good and bad data files,
 built once per session) and {TMP} (the case's working dir, where the output dir goes).
 
 Speed: `python -m hftl.cli` spends ~10 s of CPU importing torch/transformers/peft before it reads the recipe,
@@ -110,8 +110,12 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         w.writerows(rows)
 
 
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.fixture(scope="session")
-def bad_assets(tmp_path_factory, bert_dir, vit_dir, text_csv, image_dirs) -> dict[str, str]:
+def bad_assets(tmp_path_factory, bert_dir, vit_dir, w2v_dir, text_csv, image_dirs, audio_dirs) -> dict[str, str]:
     """Good copies of the tiny data plus every broken file the corpus points at, under {DATA}."""
     d = tmp_path_factory.mktemp("bad_data")
     shutil.copy(text_csv[0], d / "train.csv")
@@ -135,6 +139,15 @@ def bad_assets(tmp_path_factory, bert_dir, vit_dir, text_csv, image_dirs) -> dic
                ["text", "label"])
     _write_csv(d / "review.csv", [{"review": r["text"], "label": r["label"]} for r in rows], ["review", "label"])
 
+    ner = [{"tokens": [name, verb, place], "ner_tags": ["B-PER", "O", "B-LOC"]}
+           for name in ("alice", "bob") for verb in ("visited", "left") for place in ("paris", "rome")]
+    _write_jsonl(d / "ner_train.jsonl", ner)
+    _write_jsonl(d / "ner_mismatch.jsonl", [{**r, "ner_tags": r["ner_tags"][:2]} if i == 3 else r
+                                            for i, r in enumerate(ner)])
+    _write_jsonl(d / "ner_unseen_tag.jsonl", [{**r, "ner_tags": ["B-ORG", "O", "B-LOC"]} if i == 2 else r
+                                              for i, r in enumerate(ner)])
+    _write_jsonl(d / "ner_words.jsonl", [{"words": r["tokens"], "ner_tags": r["ner_tags"]} for r in ner])
+
     shutil.copytree(image_dirs[0], d / "images_corrupt" / "train")
     (d / "images_corrupt" / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (d / "images_empty").mkdir()
@@ -143,12 +156,22 @@ def bad_assets(tmp_path_factory, bert_dir, vit_dir, text_csv, image_dirs) -> dic
         (d / "images_no_images" / label / "README.txt").write_text("no pictures here\n")
     shutil.copytree(image_dirs[0] / "red", d / "images_one_class" / "red")
 
+    shutil.copytree(audio_dirs[0], d / "audio" / "train")
+    shutil.copytree(audio_dirs[1], d / "audio" / "validation")
+    shutil.copytree(audio_dirs[0], d / "audio_corrupt" / "train")
+    (d / "audio_corrupt" / "train" / "low" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt not audio")
+    shutil.copytree(audio_dirs[0], d / "audio_short" / "train")
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(d / "audio_short" / "train" / "high" / "click.wav", np.zeros(20, dtype=np.float32), 16000)  # 1.25 ms
+
     (d / "model_empty").mkdir()
     shutil.copytree(bert_dir, d / "model_bad_config")
     (d / "model_bad_config" / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
     (d / "checkpoint-partial").mkdir()
     (d / "checkpoint-partial" / "config.json").write_text("{}")
-    return {"BERT": str(bert_dir), "VIT": str(vit_dir), "DATA": str(d)}
+    return {"BERT": str(bert_dir), "VIT": str(vit_dir), "W2V": str(w2v_dir), "DATA": str(d)}
 
 
 def fill(text: str, values: dict[str, str]) -> str:

@@ -216,9 +216,6 @@ class AudioClassification(ClassificationTask):
         return ds, items
 
     def prepare(self, splits, processor, data, model=None):
-        if _spectrogram(data) and not data.max_duration_seconds:
-            raise HftlError("Recipe key 'data.max_duration_seconds' is needed with data.audio_features: log_mel: it "
-                            "sets the spectrogram width (e.g. 3 for clips of a few seconds).")
         sr = _sampling_rate(processor, data)
         min_samples = None if model is None or _spectrogram(data) else _receptive_field(model.config)
         name = type(model).__name__ if model is not None else "the model"
