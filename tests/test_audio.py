@@ -178,3 +178,38 @@ def test_cli_and_accelerate_launch(w2v_dir, audio_dirs, tmp_path):
         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["epoch"] > 0
+
+
+@pytest.mark.parametrize("source", ["csv_of_relative_paths", "datasets_audio_column"])
+def test_audio_from_files_and_datasets(source, w2v_dir, audio_dirs, tmp_path, one_thread):
+    """A csv/jsonl path column (relative to the file) and a datasets `Audio` column (read as bytes, never
+    decoded through datasets' torchcodec path) train like the audiofolder layout."""
+    import csv
+    import shutil
+
+    from datasets import Audio, Dataset, DatasetDict
+
+    root = tmp_path / "data"
+    splits = {}
+    for split, folder in (("train", audio_dirs[0]), ("validation", audio_dirs[1])):
+        shutil.copytree(folder, root / split)
+        splits[split] = sorted(p.relative_to(root) for p in (root / split).rglob("*.wav"))
+    if source == "csv_of_relative_paths":
+        for split, paths in splits.items():
+            with open(root / f"{split}.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["file", "label"])
+                w.writerows([str(p), p.parent.name] for p in paths)
+        data = {"train_file": str(root / "train.csv"), "validation_file": str(root / "validation.csv"),
+                "audio_column_name": "file"}
+    else:
+        DatasetDict({split: Dataset.from_dict({"file": [str(root / p) for p in paths],
+                                               "label": [p.parent.name for p in paths]}).cast_column("file", Audio())
+                     for split, paths in splits.items()}).save_to_disk(str(tmp_path / "saved"))
+        shutil.rmtree(root)  # the saved dataset holds the bytes
+        data = {"dataset_name": str(tmp_path / "saved"), "audio_column_name": "file"}
+    recipe = audio_recipe(w2v_dir, audio_dirs, tmp_path, data=data)
+    recipe["data"] = data
+    r = hftl.train(recipe)
+    assert r.metrics["eval_accuracy"] >= 0.9, r.metrics
+    assert r.label_names == ["high", "low"]

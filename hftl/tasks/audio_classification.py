@@ -62,13 +62,18 @@ def _receptive_field(config) -> int | None:
     return field
 
 
-def _items(ds, column: str) -> list:
-    """The column's values as read_audio takes them: paths, or {bytes, path} of a datasets Audio column."""
+def _items(ds, column: str, base: Path | None) -> list:
+    """The column's values as read_audio takes them: paths, or {bytes, path} of a datasets Audio column.
+    A relative path that is not there from the working directory is read relative to the data file (`base`)."""
     from datasets import Audio
 
     if isinstance(ds.features[column], Audio):  # never decode through datasets (torchcodec): raw bytes
         ds = ds.cast_column(column, Audio(decode=False))
-    return list(ds[column])
+    items = list(ds[column])
+    if base is None:
+        return items
+    return [str(base / v) if isinstance(v, str) and not Path(v).is_absolute() and not Path(v).exists() else v
+            for v in items]
 
 
 def _check_clips(items: list, split: str, sr: int, min_samples: int | None, model_name: str) -> None:
@@ -197,12 +202,13 @@ class AudioClassification(ClassificationTask):
 
         return raw
 
-    def _with_transform(self, ds, processor, data, train: bool, labels: bool):
+    def _with_transform(self, ds, processor, data, train: bool, labels: bool, base: Path | None = None):
         column = self._column(ds, data)
-        items = _items(ds, column)
+        items = _items(ds, column, base)
         label_values = list(ds["labels"]) if labels else None
         features = self._features(processor, data, train)
-        ds = ds.remove_columns([c for c in ds.column_names if c not in (column, "labels")])
+        # Rows carry an index into `items`, not the audio column: formatting an Audio column decodes it (torchcodec).
+        ds = ds.remove_columns([c for c in ds.column_names if c != "labels"])
         ds = ds.add_column("_hftl_row", list(range(len(ds))))
 
         def apply(batch):
@@ -220,8 +226,10 @@ class AudioClassification(ClassificationTask):
         min_samples = None if model is None or _spectrogram(data) else _receptive_field(model.config)
         name = type(model).__name__ if model is not None else "the model"
         out = []
+        files = {"train": data.train_file, "validation": data.validation_file or data.train_file}
         for split, ds, train in (("train", splits.train, True), ("validation", splits.validation, False)):
-            ds, items = self._with_transform(ds, processor, data, train, labels=True)
+            base = Path(files[split]).parent if files[split] else None
+            ds, items = self._with_transform(ds, processor, data, train, labels=True, base=base)
             _check_clips(items, split, sr, min_samples, name)
             out.append(ds)
         if _spectrogram(data) and model is not None:
