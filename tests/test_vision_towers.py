@@ -182,3 +182,34 @@ def test_lora_on_attention_projections_trains_and_reloads(tower, image_recipe):
         base = plain.eval()(pixel_values=batch).logits
     assert torch.allclose(trained, again, atol=1e-6), (trained, again)
     assert not torch.allclose(trained, base[:, : trained.shape[1]], atol=1e-4)  # the adapter did change the model
+
+
+# ------------------------------------------------------------------------------------------ CLI and launch
+
+
+@pytest.mark.slow
+def test_clip_linear_probe_from_the_cli_and_accelerate_launch(image_recipe, tmp_path):
+    """The shipped linear-probe strategy on a CLIP tower, through `hftl train` and `accelerate launch hftl/run.py`."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from test_distributed import ACCELERATE, ROOT, _env
+
+    torch.manual_seed(0)
+    model, proc = _build("clip")
+    model.save_pretrained(tmp_path / "clip")
+    proc.save_pretrained(tmp_path / "clip")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe(image_recipe, ("clip", tmp_path / "clip"),
+                                          strategy={"preset": "feature_extraction"})))
+    for command in ([sys.executable, "-m", "hftl.cli", "train", str(path)],
+                    [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                     "--dynamo_backend", "no", str(ROOT / "hftl" / "run.py"), str(path), "overwrite_output_dir=true"]):
+        run = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        assert out["epoch"] > 0 and "eval_accuracy" in out
+        assert "| frozen |" in (tmp_path / "out" / "plan.md").read_text()
