@@ -94,6 +94,9 @@ class FeatureCache:
                 out = self.backbone(**batch, return_dict=True)
                 feats = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
             lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else None
+            if lengths is not None and isinstance(labels[idx[0]], list):  # per-token labels: drop the padding too
+                for j, i in enumerate(idx):
+                    labels[i] = labels[i][: int(lengths[j])]
             for k, v in feats.items():
                 rows = rows_by_key.setdefault(k, [None] * len(dataset))
                 for j, i in enumerate(idx):
@@ -118,7 +121,11 @@ class FeatureCache:
 
     def collate(self, features: list[dict]) -> dict:
         idx = [f[INDEX] for f in features]
-        labels = torch.tensor([f["labels"] for f in features])
+        labels = [f["labels"] for f in features]
+        if isinstance(labels[0], list):  # per-token labels (token classification): padded with -100, as the
+            width = max(map(len, labels))  # cached hidden states are (pad_sequence) -- to the longest example
+            labels = [row + [-100] * (width - len(row)) for row in labels]
+        labels = torch.tensor(labels)
         if self.timm:
             return {"pixel_values": torch.stack([self.store["pixel_values"][i] for i in idx]), "labels": labels}
         return {INDEX: torch.tensor(idx), "labels": labels}

@@ -57,12 +57,12 @@ def check_peft_section(section, task) -> list[str]:
         if problem:
             problems.append(problem)
     if is_prompt_learning(ptype):
-        if not task.token_inputs:
+        if not task.prompt_learning:
             from hftl.tasks import get_task, task_names
 
-            takes = [n for n in task_names() if get_task(n).token_inputs]
-            problems.append(f"Recipe key 'peft.method': {section.method} works on token inputs, which task {task.name} "
-                            f"does not have; use it with task {' or '.join(takes)}, or pick lora/dora/ia3/loha/lokr.")
+            takes = [n for n in task_names() if get_task(n).prompt_learning]
+            problems.append(f"Recipe key 'peft.method': {section.method} (virtual tokens) does not work with task "
+                            f"{task.name}; use it with task {' or '.join(takes)}, or pick lora/dora/ia3/loha/lokr.")
         if section.merge:
             problems.append(f"Recipe key 'peft.merge': {section.method} learns virtual tokens, not weight updates, so "
                             "there is nothing to merge into the model; set merge: false (or use lora/dora/ia3/loha/lokr).")

@@ -242,7 +242,7 @@ def _make_trainer(s: Setup):
             s.cache = None
     return HftlTrainer(
         model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=collator, processing_class=s.processor, compute_metrics=s.task.compute_metrics,
+        data_collator=collator, processing_class=s.processor, compute_metrics=s.task.metrics_for(s.splits.label_names),
         preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics,
         callbacks=s.plan.callbacks, plan=s.plan,
         on_nan_loss=s.recipe.on_nan_loss)

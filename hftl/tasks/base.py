@@ -35,7 +35,7 @@ class Task(ABC):
     name: ClassVar[str]
     auto_model: ClassVar[Any]  # transformers Auto class; `from_pretrained(path, config=...)`
     peft_task_type: ClassVar[str | None] = None  # peft.TaskType name, or None for PEFT's plain wrapper
-    token_inputs: ClassVar[bool] = False  # prompt-learning PEFT methods (virtual tokens) need token ids
+    prompt_learning: ClassVar[bool] = False  # prompt-learning PEFT methods (virtual tokens: prefix/prompt tuning) work
     # What compute_metrics returns -> how the card and curves.png name it; the first is the headline metric.
     metric_names: ClassVar[dict[str, str]] = {}
     example_input: ClassVar[str] = '"..."'  # a Python expression the task's pipeline() takes, for the card
@@ -101,6 +101,12 @@ class Task(ABC):
     @abstractmethod
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         """Trainer's compute_metrics: keys as in metric_names (the Trainer adds the eval_ prefix)."""
+
+    def metrics_for(self, label_names: list[str]):
+        """The Trainer's compute_metrics for a run with these labels: `compute_metrics`, unless the metrics need
+        the label names (token classification scores entities by their tags) -- then bind them here, not on the
+        task, whose one instance every run shares."""
+        return self.compute_metrics
 
     preprocess_logits_for_metrics = None  # or a method (logits, labels) -> what compute_metrics gets
 

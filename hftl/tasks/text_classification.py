@@ -50,7 +50,7 @@ class TextClassification(ClassificationTask):
     name = "text-classification"
     auto_model = AutoModelForSequenceClassification
     peft_task_type = "SEQ_CLS"
-    token_inputs = True
+    prompt_learning = True
     example_input = '"I love this!"'
     pipeline_options = ", truncation=True"
     processor_arg = ("tokenizer", "AutoTokenizer")
