@@ -4,13 +4,21 @@ from hftl.errors import HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
-__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "load_model", "load_recipe", "plan", "train"]
+__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "load_model", "load_recipe", "plan", "predict", "train"]
 
 
 def __getattr__(name):
     # The training stack (torch, transformers) loads only when used: `hftl validate` stays fast.
-    if name in ("train", "plan", "load_model", "TrainResult"):
+    if name in ("train", "plan", "TrainResult"):
         from hftl import pipeline
 
         return getattr(pipeline, name)
+    if name == "load_model":
+        from hftl.runs.load import load_model
+
+        return load_model
+    if name == "predict":
+        from hftl.runs.predict import predict
+
+        return predict
     raise AttributeError(f"module 'hftl' has no attribute {name!r}")

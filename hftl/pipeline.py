@@ -100,7 +100,7 @@ def setup(recipe: Recipe) -> Setup:
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
         model = build_peft_model(model, recipe.peft, task.peft_task_type, find_head(model))
-        from hftl.hub import base_model_id
+        from hftl.runs.hub import base_model_id
 
         # The adapter config names its base by Hub id where one is known (zoo origin, hub.base_model), not by
         # a path on this disk; hftl itself keeps loading the base from the recipe (offline for zoo models).
@@ -126,7 +126,7 @@ def _check_push(recipe: Recipe, model) -> None:
     from hftl.pooling import pooling_of
 
     if recipe.hub.push and recipe.hub.strict:
-        from hftl.hub import base_model_id
+        from hftl.runs.hub import base_model_id
 
         if base_model_id(recipe) is None:
             raise HftlError(
@@ -215,7 +215,7 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
     trainer.accelerator.wait_for_everyone()
     push_error = None
     if recipe.hub.push and trainer.is_world_process_zero():
-        from hftl.hub import push_output_dir
+        from hftl.runs.hub import push_output_dir
 
         try:
             push_output_dir(out, recipe.hub)
@@ -249,7 +249,7 @@ def _make_trainer(s: Setup):
 
 
 def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
-    from hftl import card, outputs
+    from hftl.runs import card, outputs
     from hftl.adapters import adapter_summary
 
     from hftl.pooling import make_portable
@@ -271,7 +271,7 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
 
     merged = s.recipe.peft is not None and s.recipe.peft.merge
     usage = card.usage_snippet(s.recipe, s.task, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)
-    from hftl.hub import base_model_id
+    from hftl.runs.hub import base_model_id
 
     text = card.model_card(
         s.recipe, s.task, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
@@ -279,7 +279,7 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     outputs.write_text(out / "README.md", text)
     if merged:
         # last, so that a failed merge still leaves a complete, loadable adapter run
-        from hftl.export import merge_adapter
+        from hftl.runs.export import merge_adapter
 
         merge_adapter(s.model, s.processor, out / "merged")
     outputs.fix_modes(out)
@@ -291,30 +291,3 @@ def _resolved(recipe: Recipe, model) -> Recipe:
     from hftl.pooling import pooling_of
 
     return recipe.model_copy(update={"model": recipe.model.model_copy(update={"pooling": pooling_of(model)})})
-
-
-def load_model(output_dir: str | Path):
-    """Rebuild a trained model from an output dir: the full model, or base + adapter for PEFT runs."""
-    from hftl import models
-    from hftl.tasks import get_task
-
-    out = Path(output_dir)
-    if not (out / "recipe.yaml").is_file():
-        raise HftlError(f"'{out}' is not an hftl output dir (no recipe.yaml).")
-    recipe = load_recipe(out / "recipe.yaml")
-    task = get_task(recipe.task)
-    if (out / "adapter_config.json").is_file():
-        import json
-
-        from peft import PeftModel
-
-        labels = json.loads((out / "labels.json").read_text())
-        base = models.build_model(task, recipe.model, labels, recipe.data)
-        task.configure_model(base, recipe.model)
-        model = PeftModel.from_pretrained(base, str(out))
-    else:
-        from hftl.pooling import load_portable, needs_remote_code
-
-        # A pooled run is built from hftl's own copy of its code: no trust_remote_code here.
-        model = load_portable(out) if needs_remote_code(out) else task.model_class(recipe.data).from_pretrained(str(out))
-    return model.eval()

@@ -73,7 +73,7 @@ def make_portable(folder: Path, model: nn.Module) -> bool:
     source = Path(hftl_pooling.__file__).read_text(encoding="utf-8")
     source, n = re.subn(r'^BASE_MODEL_TYPE = "[^"]*"', f'BASE_MODEL_TYPE = "{base}"', source, count=1, flags=re.M)
     assert n == 1, "hftl/remote/hftl_pooling.py lost its BASE_MODEL_TYPE line"
-    from hftl.outputs import write_json, write_text
+    from hftl.runs.outputs import write_json, write_text
 
     write_text(folder / REMOTE_FILE, source)
     config_path = folder / "config.json"

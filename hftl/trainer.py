@@ -31,7 +31,7 @@ class PortableCheckpoints(TrainerCallback):
     the umask's ordinary mode (safetensors writes weights 0600)."""
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        from hftl.outputs import fix_modes
+        from hftl.runs.outputs import fix_modes
         from hftl.pooling import make_portable
 
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -77,7 +77,7 @@ class HftlTrainer(Trainer):
         """Training logs also carry each param group's learning rate (for curves.png and report_to), for the
         groups that train now: discriminative LRs as parallel lines, gradual unfreezing as lines that start."""
         if "loss" in logs and self.optimizer is not None and self.plan is not None:
-            from hftl.outputs import LR_PREFIX
+            from hftl.runs.outputs import LR_PREFIX
 
             active = self.plan.trainable.active
             for group in self.optimizer.param_groups:

@@ -142,7 +142,7 @@ def _cached_conversion(name: str, build) -> str:
     try:
         build(tmp)
         (tmp / "hftl_zoo.json").write_text(json.dumps({"format": _ZOO_FORMAT, "name": name}) + "\n")
-        from hftl.outputs import fix_modes, umask
+        from hftl.runs.outputs import fix_modes, umask
 
         fix_modes(tmp)  # a shared cache: readable as the umask says (mkdtemp and safetensors make 0700/0600)
         os.chmod(tmp, 0o777 & ~umask())

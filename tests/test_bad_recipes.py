@@ -188,7 +188,7 @@ ZYGOTE = r'''
 import importlib, json, os, signal, sys, time, traceback
 
 WARM = ["torch", "transformers", "datasets", "peft", "accelerate", "PIL.Image", "hftl", "hftl.recipe", "hftl.data",
-        "hftl.models", "hftl.adapters", "hftl.strategy", "hftl.pipeline", "hftl.trainer", "hftl.outputs",
+        "hftl.models", "hftl.adapters", "hftl.strategy", "hftl.pipeline", "hftl.trainer", "hftl.runs.outputs",
         "hftl.metrics", "hftl.tasks.text_classification", "hftl.tasks.image_classification", "hftl.peft_config"]
 for name in WARM:
     try:

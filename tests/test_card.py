@@ -43,7 +43,7 @@ def test_card_of_a_local_base_says_how_to_name_it(text_recipe):
 def test_logs_carry_each_groups_learning_rate_and_the_curves_plot_them(text_recipe):
     """Discriminative LR: parallel lines (a constant ratio between depths); gradual unfreezing: a group's line
     starts when its depth unfreezes. The same numbers reach report_to through the Trainer's logs."""
-    from hftl.outputs import LR_PREFIX, curves
+    from hftl.runs.outputs import LR_PREFIX, curves
 
     recipe = text_recipe(training={"num_train_epochs": 2, "learning_rate": 1e-2, "logging_steps": 1},
                          data=DATA, strategy={"discriminative_lr": {"layer_decay": 0.5},

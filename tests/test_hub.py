@@ -96,7 +96,7 @@ from huggingface_hub import snapshot_download
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from hftl.pipeline import load_model
+from hftl.runs.load import load_model
 
 saved = torch.load(ARGS["logits"])
 batch, expected = saved["batch"], saved["logits"]
@@ -167,7 +167,7 @@ def test_bad_token_keeps_outputs_and_says_401(text_recipe, bert_dir, tmp_path):
                  "labels.json", "merged/config.json", "merged/model.safetensors"):
         assert (out_dir / name).is_file(), name
     assert_no_token_in(p for p in out_dir.rglob("*") if p.is_file())
-    from hftl.pipeline import load_model
+    from hftl.runs.load import load_model
 
     assert type(load_model(out_dir)).__name__ == "PeftModelForSequenceClassification"
 
@@ -359,7 +359,7 @@ def test_strict_push_of_a_local_base_is_refused_before_training(text_recipe):
 def test_zoo_based_adapter_names_the_zoo_models_hub_id(tmp_path):
     """A run from zoo:minilm-l6 names sentence-transformers/all-MiniLM-L6-v2 -- locally and on the Hub --
     while hftl keeps loading the base offline from the package."""
-    from hftl.pipeline import load_model
+    from hftl.runs.load import load_model
 
     out = tmp_path / "zoo-lora"
     result = _train({

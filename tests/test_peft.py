@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import hftl
-from hftl.pipeline import load_model
+from hftl.runs.load import load_model
 
 # Small runs: one epoch on 32 rows (16 images), evaluation on 16 (8).
 FAST = {"num_train_epochs": 1, "learning_rate": 1e-2}
@@ -136,7 +136,7 @@ def test_text_methods(method, text_recipe, bert_dir):
     check_run(result, AutoModelForSequenceClassification, bert_dir, batch, ["classifier"], merge)
     if method == "lora":
         # `hftl export --merge` after the fact gives the same model as peft.merge: true.
-        from hftl.export import export_merged
+        from hftl.runs.export import export_merged
 
         target = export_merged(result.output_dir, result.output_dir.parent / "exported")
         exported = AutoModelForSequenceClassification.from_pretrained(str(target))

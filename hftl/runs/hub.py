@@ -60,7 +60,7 @@ def _merged_usage(card: str, out: Path, recipe) -> str:
     import json
     import re
 
-    from hftl.card import usage_snippet
+    from hftl.runs.card import usage_snippet
 
     if recipe is None or not (out / "labels.json").is_file():
         return card

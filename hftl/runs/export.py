@@ -26,14 +26,14 @@ def merge_adapter(peft_model, processor, target: Path) -> Path:
     make_portable(target, merged)
     if processor is not None:
         processor.save_pretrained(str(target))
-    from hftl.outputs import fix_modes
+    from hftl.runs.outputs import fix_modes
 
     fix_modes(target)
     return target
 
 
 def export_merged(output_dir: str | Path, to: str | Path | None = None) -> Path:
-    from hftl.pipeline import load_model
+    from hftl.runs.load import load_model
 
     out = Path(output_dir)
     if not (out / "adapter_config.json").is_file():
