@@ -1,4 +1,4 @@
-"""`hftl train|validate|plan|export|push`: the console script. Errors are one paragraph, exit code 1."""
+"""`hftl train|validate|plan|predict|eval|export|push`: the console script. Errors are one paragraph, exit code 1."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("overrides", nargs="*", help="dotted.key=value overrides, typed like YAML")
         if name == "train":
             c.add_argument("--dry-run", action="store_true", help="build everything, print the plan, do not train")
+    r = sub.add_parser("predict", help="run a trained run (or an ensemble of runs) on new inputs")
+    r.add_argument("paths", nargs="+", metavar="RUN_DIR... INPUT...",
+                   help="one or more run dirs (several: an ensemble), then files, folders, data files or texts")
+    r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
+    r.add_argument("--top-k", type=int, default=None, help="scores of the k most likely labels (default: all up to 10)")
+    r.add_argument("--batch-size", type=int, default=32)
     e = sub.add_parser("export", help="write a merged full model from a PEFT output dir")
     e.add_argument("output_dir")
     e.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base weights")
@@ -55,13 +61,15 @@ def _run(args) -> int:
         # interpreter shutdown (pytorch/pytorch#179291) and the run exits non-zero.
         result.trainer.accelerator.end_training()
         return 1 if result.push_error else 0
+    if args.command == "predict":
+        return _predict(args)
     if args.command == "export":
-        from hftl.export import export_merged
+        from hftl.runs.export import export_merged
 
         print(export_merged(args.output_dir, args.to))
         return 0
     if args.command == "push":
-        from hftl.hub import push_output_dir
+        from hftl.runs.hub import push_output_dir
         from hftl.recipe import HubSection
 
         hub = HubSection(push=True, repo_id=args.repo_id, private=args.private, revision=args.revision,
@@ -70,6 +78,38 @@ def _run(args) -> int:
         print(push_output_dir(args.output_dir, hub))
         return 0
     return 2
+
+
+def _split_runs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Leading arguments that are run dirs (hold a recipe.yaml), then the inputs."""
+    from pathlib import Path
+
+    n = 0
+    while n < len(paths) and (Path(paths[n]) / "recipe.yaml").is_file():
+        n += 1
+    if n == 0:
+        raise HftlError(f"'{paths[0]}' is not an hftl output dir (no recipe.yaml): `hftl predict RUN_DIR... INPUT...` "
+                        "starts with the run dir(s).")
+    return paths[:n], paths[n:]
+
+
+def _predict(args) -> int:
+    import json
+
+    from hftl.runs.predict import predict
+
+    runs, inputs = _split_runs(args.paths)
+    rows = predict(runs, inputs, top_k=args.top_k, batch_size=args.batch_size)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.output:
+        from pathlib import Path
+
+        from hftl.runs.outputs import write_text
+
+        write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,10 @@ class AudioClassification(ClassificationTask):
     processor_arg = ("feature_extractor", "AutoFeatureExtractor")
     folder_layout = "<label>/<clip>.wav|flac|ogg|mp3"
     folder_files = "audio"
+    input_suffixes = AUDIO_SUFFIXES
+
+    def input_column(self, data) -> str:
+        return data.audio_column_name
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -205,11 +209,12 @@ class AudioClassification(ClassificationTask):
     def _with_transform(self, ds, processor, data, train: bool, labels: bool, base: Path | None = None):
         column = self._column(ds, data)
         items = _items(ds, column, base)
-        label_values = list(ds["labels"]) if labels else None
+        label_values = list(ds["labels"]) if labels else None  # ClassLabel ids
         features = self._features(processor, data, train)
         # Rows carry an index into `items`, not the audio column: formatting an Audio column decodes it (torchcodec).
-        ds = ds.remove_columns([c for c in ds.column_names if c != "labels"])
-        ds = ds.add_column("_hftl_row", list(range(len(ds))))
+        from datasets import Dataset
+
+        ds = Dataset.from_dict({"_hftl_row": list(range(len(items)))})
 
         def apply(batch):
             rows = [features(items[i]) for i in batch["_hftl_row"]]

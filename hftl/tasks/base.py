@@ -45,6 +45,7 @@ class Task(ABC):
     folder_layout: ClassVar[str] = "<label>/<file>"  # what data.train_dir holds, for error messages
     label_column: ClassVar[str] = "label"  # data.label_column_name's default
     folder_files: ClassVar[str] = "data"  # what kind of files those are ("image", "audio")
+    input_suffixes: ClassVar[tuple[str, ...]] = ()  # files `hftl predict` takes (empty: literal texts only)
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -95,6 +96,43 @@ class Task(ABC):
     def augmenting(self, data) -> bool:
         """Whether training sees random transforms (then backbone features cannot be cached)."""
         return False
+
+    def collator(self, processor, data):
+        """Batches what prepare / prepare_inputs return (the one prepare hands the Trainer)."""
+        from transformers import default_data_collator
+
+        return default_data_collator
+
+    # ------------------------------------------------------------------------------------------ prediction
+
+    @abstractmethod
+    def input_column(self, data) -> str:
+        """The column holding the model's input (image or clip paths, texts, word lists)."""
+
+    def literal(self, text: str):
+        """The input column's value for a literal `hftl predict` argument, or None if the task takes files only."""
+        return None
+
+    def label_feature(self, label_names: list[str]):
+        """The datasets feature of a labelled column with these names (to encode new labelled data like the run's)."""
+        from datasets import ClassLabel
+
+        return ClassLabel(names=list(label_names))
+
+    def probabilities(self, logits, features: list[dict]) -> list:
+        """Per input, the probabilities the prediction is made of: (classes,) here; per word for NER. Ensembles
+        average these."""
+        import torch
+
+        return list(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+
+    def prediction(self, probs, label_names: list[str], top_k: int | None) -> dict:
+        """One input's output line (without "input"): label, score and the top-k scores by label name."""
+        import numpy as np
+
+        order = np.argsort(-probs)[: top_k or len(label_names)]
+        return {"label": label_names[order[0]], "score": float(probs[order[0]]),
+                "scores": {label_names[i]: float(probs[i]) for i in order}}
 
     # ------------------------------------------------------------------------------------------ metrics / card
 

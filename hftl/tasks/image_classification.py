@@ -224,6 +224,10 @@ class ImageClassification(ClassificationTask):
     processor_arg = ("image_processor", "AutoImageProcessor")
     folder_layout = "<label>/<image>"
     folder_files = "image"
+    input_suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+    def input_column(self, data) -> str:
+        return data.image_column_name
 
     def load_folder(self, folders):
         import datasets

@@ -84,7 +84,16 @@ class TextClassification(ClassificationTask):
         columns = _text_columns(splits.train, data)
         train = self._tokenize(splits.train, tokenizer, data, columns, "train")
         validation = self._tokenize(splits.validation, tokenizer, data, columns, "validation")
-        return train, validation, DataCollatorWithPadding(tokenizer)
+        return train, validation, self.collator(tokenizer, data)
+
+    def collator(self, tokenizer, data):
+        return DataCollatorWithPadding(tokenizer)
+
+    def input_column(self, data) -> str:
+        return data.text_column_names[0] if data.text_column_names else "text"
+
+    def literal(self, text: str):
+        return text
 
     def prepare_inputs(self, dataset, tokenizer, data):
         return self._tokenize(dataset, tokenizer, data, _text_columns(dataset, data), "input", keep=())

@@ -269,7 +269,41 @@ class TokenClassification(ClassificationTask):
         continuation = continuation_ids(splits.label_names) if data.label_all_tokens else None
         train = self._tokenize(splits.train, tokenizer, data, column, "train", continuation)
         validation = self._tokenize(splits.validation, tokenizer, data, column, "validation")
-        return train, validation, _Collator(tokenizer)
+        return train, validation, self.collator(tokenizer, data)
+
+    def collator(self, tokenizer, data):
+        return _Collator(tokenizer)
+
+    def input_column(self, data) -> str:
+        return data.text_column_name or "tokens"
+
+    def literal(self, text: str):
+        return text.split()  # words as whitespace separates them
+
+    def label_feature(self, label_names: list[str]):
+        from datasets import ClassLabel, List
+
+        return List(ClassLabel(names=list(label_names)))
+
+    def probabilities(self, logits, features: list[dict]) -> list:
+        """Per word: the first sub-token's tag probabilities (prepare_inputs' word_ids; for labelled features the
+        positions whose label is not -100). Words cut off by max_seq_length get none."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        out = []
+        for row, f in zip(probs, features):
+            if WORD_IDS in f:
+                ids = f[WORD_IDS]
+                first = [j for j, w in enumerate(ids) if w >= 0 and (j == 0 or ids[j - 1] != w)]
+            else:
+                first = [j for j, lab in enumerate(f["labels"]) if lab != IGNORE]
+            out.append(row[first])
+        return out
+
+    def prediction(self, probs, label_names: list[str], top_k: int | None) -> dict:
+        best = probs.argmax(-1) if len(probs) else []
+        return {"tags": [label_names[i] for i in best], "scores": [float(probs[j, i]) for j, i in enumerate(best)]}
 
     def prepare_inputs(self, dataset, tokenizer, data):
         """Word lists -> tokens, plus a `word_ids` column (each token's word index, -1 for special tokens) to map

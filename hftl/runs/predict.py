@@ -1,0 +1,112 @@
+"""`hftl predict RUN_DIR... INPUT...`: a finished run (or an ensemble of runs) on new inputs.
+
+Inputs are files (images, audio clips), folders of them, data files (csv/jsonl/json/parquet with the recipe's
+input column) or literal texts; the run's own task preprocesses them (`Task.prepare_inputs`) with the
+processor saved in the run. Batched, no gradients, eval mode. Several runs form an ensemble: their
+probabilities are averaged (they must share labels).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hftl.errors import HftlError
+from hftl.runs.load import Run, load_model, load_processor, read_run
+
+logger = logging.getLogger("hftl")
+DATA_FILES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def read_inputs(run: Run, inputs: list[str]):
+    """(dataset with the task's input column, what each row's "input" shows)."""
+    from datasets import Dataset, load_dataset
+
+    task, data = run.task, run.recipe.data
+    column = task.input_column(data)
+    values, shown = [], []
+    for x in inputs:
+        p = Path(x)
+        if p.is_dir():
+            files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in task.input_suffixes)
+            if not files:
+                raise HftlError(f"Input folder '{x}' holds no files task {task.name} takes "
+                                f"({', '.join(task.input_suffixes) or 'it takes texts or data files'}).")
+            values += files
+            shown += files
+        elif p.is_file() and p.suffix.lower() in DATA_FILES:
+            ds = load_dataset(DATA_FILES[p.suffix.lower()], data_files=str(p), split="train")
+            if column not in ds.column_names:
+                raise HftlError(f"Input file '{x}' has no column '{column}' (the run's input column); columns are: "
+                                f"{', '.join(ds.column_names)}.")
+            rows = list(ds[column])
+            values += rows
+            shown += [" ".join(r) if isinstance(r, list) else r for r in rows]
+        elif p.is_file():
+            if p.suffix.lower() not in task.input_suffixes:
+                kinds = ", ".join(task.input_suffixes) if task.input_suffixes else "texts (as arguments)"
+                raise HftlError(f"Input file '{x}' is not something task {task.name} takes: it takes {kinds} or a "
+                                f"data file ({', '.join(DATA_FILES)}) with a '{column}' column.")
+            values.append(str(p))
+            shown.append(str(p))
+        else:
+            value = task.literal(x)
+            if value is None:
+                raise HftlError(f"Input '{x}' is not a file or folder, and task {task.name} takes files "
+                                f"({', '.join(task.input_suffixes)}) or data files, not literal text.")
+            values.append(value)
+            shown.append(x)
+    if not values:
+        raise HftlError("No inputs given: pass files, folders, data files or texts after the run dir(s).")
+    return Dataset.from_dict({column: values}), shown
+
+
+def check_members(runs: list[Run]) -> None:
+    first = runs[0]
+    for r in runs[1:]:
+        if r.task.name != first.task.name or r.label_names != first.label_names:
+            raise HftlError(f"Ensemble members must share the task and labels: '{first.path}' is {first.task.name} "
+                            f"with labels {first.label_names}, '{r.path}' is {r.task.name} with {r.label_names}.")
+
+
+def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
+    """The run's per-input probabilities (Task.probabilities) on an input dataset (read_inputs' first part)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model = model if model is not None else load_model(run.path)
+    processor = load_processor(run)
+    data = run.recipe.data
+    ds = run.task.prepare_inputs(dataset, processor, data)
+    collate = run.task.collator(processor, data)
+    device = next(iter(model.parameters()), torch.zeros(0)).device if hasattr(model, "parameters") else "cpu"
+    out = []
+    starts = range(0, len(ds), batch_size)
+    for start in tqdm(starts, desc=f"predict {run.path.name}", disable=len(starts) < 4, leave=False):
+        features = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(features).items() if k != "labels"}
+        with torch.no_grad():
+            logits = model(**batch).logits
+        out += run.task.probabilities(logits, features)
+    return out
+
+
+def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = None, batch_size: int = 32) -> list[dict]:
+    """One dict per input: {"input", "label", "score", "scores": {label: probability}} (NER: "tags", "scores"
+    per word). Several run dirs: the ensemble of their averaged probabilities."""
+    import numpy as np
+
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    runs = [read_run(d) for d in dirs]
+    check_members(runs)
+    dataset, shown = read_inputs(runs[0], list(inputs))
+    members = [run_probabilities(r, dataset, batch_size) for r in runs]
+    if len(runs) > 1:
+        logger.info("ensemble of %d runs (probabilities averaged): %s", len(runs), ", ".join(str(r.path) for r in runs))
+    names = runs[0].label_names
+    k = top_k if top_k is not None else (None if len(names) <= 10 else 5)
+    rows = []
+    for i, x in enumerate(shown):
+        probs = np.mean([m[i] for m in members], axis=0)
+        rows.append({"input": x, **runs[0].task.prediction(probs, names, k)})
+    return rows
