@@ -4,7 +4,7 @@ from hftl.errors import HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
-__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "load_model", "load_recipe", "plan", "predict", "train"]
+__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "evaluate", "load_model", "load_recipe", "plan", "predict", "train"]
 
 
 def __getattr__(name):
@@ -21,4 +21,8 @@ def __getattr__(name):
         from hftl.runs.predict import predict
 
         return predict
+    if name == "evaluate":
+        from hftl.runs.evaluate import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'hftl' has no attribute {name!r}")

@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
     r.add_argument("--top-k", type=int, default=None, help="scores of the k most likely labels (default: all up to 10)")
     r.add_argument("--batch-size", type=int, default=32)
+    v = sub.add_parser("eval", help="metrics, per-class table, confusion matrix and worst examples of a run")
+    v.add_argument("run_dirs", nargs="+", help="one run dir, or several (each member and their ensemble)")
+    v.add_argument("--data", default=None, help="labelled data file or folder (default: the run's validation split)")
+    v.add_argument("--output", default=None, help="folder for the report (default: <run>/eval)")
+    v.add_argument("--batch-size", type=int, default=32)
     e = sub.add_parser("export", help="write a merged full model from a PEFT output dir")
     e.add_argument("output_dir")
     e.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base weights")
@@ -63,6 +68,17 @@ def _run(args) -> int:
         return 1 if result.push_error else 0
     if args.command == "predict":
         return _predict(args)
+    if args.command == "eval":
+        from hftl.runs.evaluate import ensemble_table, evaluate
+
+        result = evaluate(args.run_dirs, args.data, args.output, args.batch_size)
+        if "ensemble" in result:
+            print(ensemble_table(result))
+        else:
+            [(run, metrics)] = result["members"].items()
+            print(f"{run}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            print(result["report"]["table"])
+        return 0
     if args.command == "export":
         from hftl.runs.export import export_merged
 
