@@ -275,7 +275,8 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
 
     text = card.model_card(
         s.recipe, s.task, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
-        adapter, len(s.train_dataset), len(s.eval_dataset), usage, base_model_id(s.recipe), trainer.state.log_history)
+        adapter, len(s.train_dataset), len(s.eval_dataset), usage, base_model_id(s.recipe), trainer.state.log_history,
+        _evaluation_report(s, trainer, metrics))
     outputs.write_text(out / "README.md", text)
     if merged:
         # last, so that a failed merge still leaves a complete, loadable adapter run
@@ -284,6 +285,27 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
         merge_adapter(s.model, s.processor, out / "merged")
     outputs.fix_modes(out)
     logger.info("outputs written to %s", out)
+
+
+def _evaluation_report(s: Setup, trainer, metrics: dict) -> dict | None:
+    """eval/ (per-class table, confusion matrix, worst examples) from the trained model, for the card; None where
+    the parameters are sharded across ranks (FSDP, ZeRO-3: this rank alone cannot run the model)."""
+    import os
+
+    from hftl.recipe import _zero_stage
+    from hftl.runs.evaluate import score, write_report
+    from hftl.runs.load import read_run
+
+    sharded = s.args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or _zero_stage(s.recipe.training) == 3
+    if sharded or not s.splits.label_names:
+        return None
+    run = read_run(s.recipe.output_dir)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    scored = score(run, s.splits.validation, s.args.per_device_eval_batch_size, model=model.eval())
+    model.train(was_training)
+    keys = [k for k in metrics if k.startswith("eval_")]
+    return write_report(s.recipe.output_dir / "eval", run, scored, {k: metrics[k] for k in keys}, "validation split")
 
 
 def _resolved(recipe: Recipe, model) -> Recipe:

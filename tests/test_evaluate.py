@@ -28,7 +28,12 @@ def _same_as_training(out, metrics: dict):
 
 def test_text_eval_equals_metrics_json_and_writes_the_report(text_recipe, text_csv, tmp_path):
     r = hftl.train(text_recipe(training={"num_train_epochs": 1}))
+    # training already wrote the report, and the card shows the per-label table and the confusion matrix
+    card = (r.output_dir / "README.md").read_text()
+    assert (r.output_dir / "eval" / "confusion_matrix.png").is_file()
+    assert "![confusion matrix](eval/confusion_matrix.png)" in card and "| label | precision | recall | F1 | support |" in card
     result = hftl.evaluate(r.output_dir)
+    assert result["report"]["table"] in card
     _same_as_training(r.output_dir, result["members"][str(r.output_dir)])
     folder = r.output_dir / "eval"
     for name in ("metrics.json", "per_class.md", "confusion_matrix.png", "worst.jsonl"):

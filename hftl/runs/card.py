@@ -112,7 +112,7 @@ def _per_evaluation(log_history: list[dict], metric_names) -> list[str]:
 
 def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str, label_names: list[str],
                adapter: dict | None, n_train: int, n_eval: int, usage: str = "", base_model: str | None = None,
-               log_history: list[dict] | None = None) -> str:
+               log_history: list[dict] | None = None, evaluation: dict | None = None) -> str:
     """The README.md text: ModelCard metadata + hftl's sections."""
     from huggingface_hub import ModelCard
 
@@ -146,6 +146,9 @@ def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str,
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
     lines += _per_evaluation(log_history or [], task.metric_names)
+    if evaluation:
+        lines += ["", "Per label on the evaluation set (`hftl eval` writes the same into eval/):", "", evaluation["table"],
+                  "", "![confusion matrix](eval/confusion_matrix.png)"]
     if adapter:
         lines += ["", "## Adapter", "", "| setting | value |", "|---|---|"]
         for k, v in adapter.items():
