@@ -4,7 +4,7 @@ from hftl.errors import HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
-__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "evaluate", "load_model", "load_recipe", "plan", "predict", "train"]
+__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "evaluate", "export", "load_model", "load_recipe", "plan", "predict", "train"]
 
 
 def __getattr__(name):
@@ -21,6 +21,10 @@ def __getattr__(name):
         from hftl.runs.predict import predict
 
         return predict
+    if name == "export":
+        from hftl.runs.export import export
+
+        return export
     if name == "evaluate":
         from hftl.runs.evaluate import evaluate
 

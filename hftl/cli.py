@@ -31,10 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--data", default=None, help="labelled data file or folder (default: the run's validation split)")
     v.add_argument("--output", default=None, help="folder for the report (default: <run>/eval)")
     v.add_argument("--batch-size", type=int, default=32)
-    e = sub.add_parser("export", help="write a merged full model from a PEFT output dir")
+    e = sub.add_parser("export", help="a run as a merged, ONNX, INT8 or pruned model folder")
     e.add_argument("output_dir")
-    e.add_argument("--merge", action="store_true", required=True, help="merge the adapter into the base weights")
-    e.add_argument("--to", default=None, help="target folder (default <output_dir>/merged)")
+    kind = e.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--merge", action="store_true", help="merge the PEFT adapter into the base weights")
+    kind.add_argument("--onnx", action="store_true", help="ONNX model, checked against PyTorch on the run's data")
+    kind.add_argument("--int8", action="store_true", help="ONNX with dynamic INT8 linear layers: size, latency, accuracy")
+    kind.add_argument("--prune", type=float, metavar="FRACTION", help="global magnitude pruning of linear/conv weights")
+    e.add_argument("--to", default=None, help="target folder (default <output_dir>/merged or exported-<kind>)")
     u = sub.add_parser("push", help="push an output dir to the Hugging Face Hub")
     u.add_argument("output_dir")
     u.add_argument("--repo-id", required=True)
@@ -80,9 +84,9 @@ def _run(args) -> int:
             print(result["report"]["table"])
         return 0
     if args.command == "export":
-        from hftl.runs.export import export_merged
+        from hftl.runs.export import export
 
-        print(export_merged(args.output_dir, args.to))
+        print(export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune, to=args.to))
         return 0
     if args.command == "push":
         from hftl.runs.hub import push_output_dir

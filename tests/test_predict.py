@@ -145,3 +145,21 @@ def test_bad_inputs(text_run, image_recipe, tmp_path, audio_dirs):
         hftl.predict(image.output_dir, ["a sentence"])
     with pytest.raises(HftlError, match="must share the task and labels"):
         hftl.predict([text_run.output_dir, image.output_dir], ["hello"])
+
+
+def test_exported_folders_predict_like_the_run(text_run, text_csv):
+    """`hftl export` then `hftl predict` on the exported folder: ONNX agrees with PyTorch, pruned loads too."""
+    texts = _texts(text_csv[1])
+    base = hftl.predict(text_run.output_dir, texts)
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HFTL_LOG_LEVEL": "WARNING"}
+    for flag in (["--onnx"], ["--prune", "0.3"]):
+        cli = subprocess.run([sys.executable, "-m", "hftl.cli", "export", str(text_run.output_dir), *flag],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        folder = cli.stdout.strip().splitlines()[-1]
+        rows = hftl.predict(folder, texts)
+        if flag == ["--onnx"]:
+            for x, y in zip(rows, base):
+                assert x["scores"] == pytest.approx(y["scores"], abs=1e-4)
+        else:
+            assert sum(x["label"] == y["label"] for x, y in zip(rows, base)) >= 0.7 * len(base)

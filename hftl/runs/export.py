@@ -1,49 +1,366 @@
-"""Merge a PEFT adapter into its base model and save the full model (safetensors)."""
+"""Export a finished run: merged (a PEFT adapter folded into plain weights), ONNX, ONNX INT8, or pruned.
+
+`export(run_dir, onnx=True)` and friends write one folder that reads back like a run (`read_run`: recipe.yaml,
+labels.json, the processor) and loads with `hftl.runs.load.load_model` (ONNX folders as an ONNX Runtime model).
+ONNX, INT8 and pruned exports are checked on the run's own validation set, rebuilt from its saved recipe:
+the numbers (ONNX-vs-PyTorch logit difference, sizes, CPU latency, metrics) go to export.md and export.json
+beside the files, and are printed. PEFT runs are merged in memory first. The folder is written under a
+temporary name and renamed when complete: a failed export leaves nothing behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from hftl.errors import HftlError
+from hftl.runs.load import check_weights, load_processor, read_run
+
+KINDS = ("merge", "onnx", "int8", "prune")
+EVAL_BATCH = 32
+RUN_FILES = ("recipe.yaml", "labels.json")
+
+
+# ----------------------------------------------------------------------------------------------- merge
+
+def merged_copy(peft_model, why: str = "merge"):
+    """The base model with the adapter folded in (PEFT's merge_and_unload on a copy: the PeftModel stays)."""
+    config = next(iter(peft_model.peft_config.values()))
+    method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+    if config.is_prompt_learning:
+        raise HftlError(f"A {method} adapter learns virtual tokens, not weight updates: there is nothing to merge"
+                        f"{'' if why == 'merge' else f', so it cannot be exported {why} (that needs a plain model)'}. "
+                        "Load it with hftl.load_model (PeftModel) instead.")
+    try:
+        return copy.deepcopy(peft_model).merge_and_unload()
+    except (ValueError, NotImplementedError) as e:
+        raise HftlError(f"PEFT cannot merge this {method} adapter: {e}".replace("\n", " ")) from None
 
 
 def merge_adapter(peft_model, processor, target: Path) -> Path:
     """Save base + adapter merged into plain weights. Works on a copy: the trained model stays a PeftModel."""
-    config = next(iter(peft_model.peft_config.values()))
-    method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
-    if config.is_prompt_learning:
-        raise HftlError(f"A {method} adapter learns virtual tokens, not weight updates: there is nothing to merge. "
-                        "Load it with hftl.load_model (PeftModel) instead.")
-    try:
-        merged = copy.deepcopy(peft_model).merge_and_unload()
-    except (ValueError, NotImplementedError) as e:
-        raise HftlError(f"PEFT cannot merge this {method} adapter: {e}".replace("\n", " ")) from None
+    merged = merged_copy(peft_model)
     target.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(target))
-    from hftl.pooling import make_portable
-
-    make_portable(target, merged)
-    if processor is not None:
-        processor.save_pretrained(str(target))
-    from hftl.runs.outputs import fix_modes
-
-    fix_modes(target)
+    _save_pretrained(merged, processor, target)
     return target
 
 
+def _save_pretrained(model, processor, target: Path) -> None:
+    from hftl.pooling import make_portable
+    from hftl.runs.outputs import fix_modes
+
+    model.save_pretrained(str(target))  # safetensors
+    make_portable(target, model)
+    if processor is not None:
+        processor.save_pretrained(str(target))
+    fix_modes(target)
+
+
 def export_merged(output_dir: str | Path, to: str | Path | None = None) -> Path:
+    return export(output_dir, merge=True, to=to)
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8: bool = False,
+           prune: float | None = None, to: str | Path | None = None) -> Path:
+    """Export the run in `run_dir` one way (exactly one of merge / onnx / int8 / prune) into `to` (default
+    `<run_dir>/merged` for merge, `<run_dir>/exported-<kind>` otherwise) and return that folder.
+
+    merge: the PEFT adapter folded into the base (safetensors). onnx: model.onnx (dynamic batch and sequence),
+    its logits checked against PyTorch's on the validation set. int8: the ONNX export with its linear layers
+    dynamically quantized to INT8 by ONNX Runtime, with size, CPU latency (batch 1 and 32) and metrics against
+    the float models. prune=f: the fraction f of the Linear/Conv weights with the smallest magnitude (global L1,
+    the head excluded) set to zero for good, saved as a plain transformers folder, with sparsity and metrics.
+    """
+    chosen = [k for k, on in (("merge", merge), ("onnx", onnx), ("int8", int8), ("prune", prune is not None)) if on]
+    if len(chosen) != 1:
+        raise HftlError(f"Export one way at a time: give exactly one of merge, onnx, int8 or prune (got "
+                        f"{', '.join(chosen) or 'none'}).")
+    kind = chosen[0]
+    if kind == "prune" and (isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0 < prune < 1):
+        raise HftlError(f"The prune fraction must be a number strictly between 0 and 1 (the share of Linear/Conv "
+                        f"weights set to zero, e.g. 0.5), not {prune!r}.")
+    run = _check_run(run_dir, kind)
+    target = Path(to) if to is not None else run.path / ("merged" if kind == "merge" else f"exported-{kind}")
+    _check_target(target, run.path)
+    model = _load(run)
+    with _staging(target) as stage:
+        if kind == "merge":
+            merge_adapter(model, load_processor(run), stage)
+            _copy_run_files(run, stage)
+            return target
+        if run.is_adapter:
+            model = merged_copy(model, why=f"to {kind.upper() if kind != 'prune' else 'a pruned model'}")
+        model = model.float().cpu().eval()
+        if kind == "prune":
+            numbers = _export_pruned(run, model, float(prune), stage)
+        else:
+            from hftl.runs.onnx import export_onnx_folder
+
+            numbers = export_onnx_folder(run, model, stage, int8=kind == "int8")
+        numbers = {"kind": kind, "run": str(run.path), "model": type(model).__name__, **numbers}
+        text = markdown(numbers, run.task)
+        from hftl.runs.outputs import write_json, write_text
+
+        write_json(stage / "export.json", numbers)
+        write_text(stage / "export.md", text)
+        _copy_run_files(run, stage)
+    print(text)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+def _check_run(run_dir, kind: str):
+    run = read_run(run_dir)
+    out = run.path
+    if (out / "model.onnx").is_file():
+        raise HftlError(f"'{out}' is an ONNX export already (model.onnx): export the run it came from instead.")
+    check_weights(run)
+    if kind == "merge" and not run.is_adapter:
+        raise HftlError(f"'{out}' holds no adapter (adapter_config.json): only PEFT runs can be merged.")
+    return run
+
+
+def _check_target(target: Path, run_path: Path) -> None:
+    t, r = target.resolve(), run_path.resolve()
+    if t == r or t in r.parents:
+        raise HftlError(f"The export folder '{target}' would replace the run '{run_path}' itself: choose a folder "
+                        "inside or beside it (to= / --to).")
+    if target.is_file():
+        raise HftlError(f"The export folder '{target}' is a file: choose a folder (to= / --to).")
+    if target.is_dir() and any(target.iterdir()) and not any(
+            (target / name).is_file() for name in ("config.json", "model.onnx", "export.json")):
+        raise HftlError(f"The export folder '{target}' exists and holds something other than an earlier export: "
+                        "remove it, or choose another folder (to= / --to).")
+
+
+def _load(run):
     from hftl.runs.load import load_model
 
-    out = Path(output_dir)
-    if not (out / "adapter_config.json").is_file():
-        raise HftlError(f"'{out}' holds no adapter (adapter_config.json): only PEFT runs can be merged.")
-    model = load_model(out)
-    processor = None
     try:
-        from transformers import AutoProcessor
+        return load_model(run.path)
+    except HftlError:
+        raise
+    except Exception as e:  # transformers / safetensors / PEFT raise many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HftlError(f"Could not load the model saved in '{run.path}' ({type(e).__name__}: {msg}).") from None
 
-        processor = AutoProcessor.from_pretrained(str(out))
-    except (OSError, ValueError):
-        pass
-    return merge_adapter(model, processor, Path(to) if to else out / "merged")
+
+@contextlib.contextmanager
+def _staging(target: Path):
+    """A temporary folder beside `target`, renamed to it on success (an earlier export there is replaced);
+    removed, with any parent folders it had to create, on failure."""
+    from hftl.runs.outputs import umask
+
+    missing = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes it 0700
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+            os.replace(target, old / "x")
+            os.replace(stage, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
+def _copy_run_files(run, stage: Path) -> None:
+    from hftl.runs.outputs import fix_modes
+
+    for name in RUN_FILES:
+        if (run.path / name).is_file():
+            shutil.copyfile(run.path / name, stage / name)
+    fix_modes(stage)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+def eval_set(run, model):
+    """(eval dataset, collator): the run's validation split rebuilt from its recipe, preprocessed by its task."""
+    from hftl.data import load_splits
+
+    processor = load_processor(run)
+    splits = load_splits(run.recipe.data, run.recipe.seed, run.task)
+    if len(splits.validation) == 0:
+        raise HftlError(f"The validation set of '{run.path}' has no rows: there is nothing to check the export on.")
+    splits.train = splits.train.select(range(min(8, len(splits.train))))  # prepare() needs one; only eval is used
+    _, eval_ds, collator = run.task.prepare(splits, processor, run.recipe.data, model)
+    return eval_ds, collator, processor
+
+
+def batches(eval_ds, collator, size: int = EVAL_BATCH):
+    """(inputs without labels, labels) per batch of the eval dataset."""
+    for start in range(0, len(eval_ds), size):
+        batch = dict(collator([eval_ds[i] for i in range(start, min(start + size, len(eval_ds)))]))
+        labels = batch.pop("labels")
+        yield batch, labels
+
+
+def score(run, eval_ds, collator, models: dict) -> dict:
+    """One pass over the eval set with every model (name -> batch -> logits tensor): per model its metrics
+    (the task's compute_metrics), its argmax agreement with the first model and its largest absolute logit
+    difference from it (over labelled positions for per-token tasks)."""
+    import numpy as np
+    import torch
+    from transformers import EvalPrediction
+    from transformers.trainer_pt_utils import nested_concat
+
+    task = run.task
+    names = list(models)
+    preds = dict.fromkeys(names)
+    labels_all = None
+    agree = dict.fromkeys(names, 0)
+    diff = dict.fromkeys(names, 0.0)
+    peak = 0.0
+    count = 0
+    with torch.no_grad():
+        for batch, labels in batches(eval_ds, collator):
+            mask = labels != -100
+            ref = None
+            for name in names:
+                logits = models[name](batch).float()
+                if ref is None:
+                    ref = logits
+                    peak = max(peak, float(ref[mask].abs().max()) if mask.any() else 0.0)
+                agree[name] += int((logits.argmax(-1) == ref.argmax(-1))[mask].sum())
+                diff[name] = max(diff[name], float((logits - ref)[mask].abs().max()) if mask.any() else 0.0)
+                p = task.preprocess_logits_for_metrics(logits, labels) if task.preprocess_logits_for_metrics else logits
+                preds[name] = p if preds[name] is None else nested_concat(preds[name], p, padding_index=-100)
+            count += int(mask.sum())
+            labels_all = labels if labels_all is None else nested_concat(labels_all, labels, padding_index=-100)
+    metrics = task.metrics_for(run.label_names)
+    out = {}
+    for name in names:
+        m = metrics(EvalPrediction(predictions=preds[name].numpy(), label_ids=labels_all.numpy()))
+        out[name] = {"metrics": {k: float(v) for k, v in m.items() if isinstance(v, (int, float, np.floating))},
+                     "agreement": agree[name] / max(count, 1), "max_abs_diff": diff[name]}
+    out["_peak_logit"] = peak
+    out["_examples"] = len(eval_ds)
+    return out
+
+
+def state_bytes(model) -> int:
+    """Bytes of the model's state dict (what its safetensors file holds; shared tensors once)."""
+    seen = {}
+    for t in model.state_dict().values():
+        seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+    return sum(seen.values())
+
+
+# ----------------------------------------------------------------------------------------------- prune
+
+def prunable(model) -> tuple[list[tuple[str, object]], list[str]]:
+    """([(name, module)] of the Linear/Conv layers outside the head, the head's module paths). The head is
+    left whole: it is new, small, and the layer pruning hurts most (every class reads all of it)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from hftl.hooks import find_head
+
+    head = find_head(model)
+    kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, Conv1D)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)
+              and isinstance(getattr(m, "weight", None), torch.nn.Parameter)
+              and not any(n == h or n.startswith(h + ".") for h in head)]
+    return layers, head
+
+
+def _export_pruned(run, model, fraction: float, stage: Path) -> dict:
+    import torch
+    from torch.nn.utils import prune
+
+    layers, head = prunable(model)
+    if not layers:
+        raise HftlError(f"{type(model).__name__} has no Linear or Conv layers outside its head "
+                        f"({', '.join(head) or 'none found'}): there is nothing to prune.")
+    pruned = copy.deepcopy(model)
+    targets = [(m, "weight") for _, m in prunable(pruned)[0]]
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=fraction)
+    for module, name in targets:
+        prune.remove(module, name)  # weight_orig * mask -> a plain weight with the zeros in it
+    zeros = sum(int((m.weight == 0).sum()) for m, _ in targets)
+    total = sum(m.weight.numel() for m, _ in targets)
+    all_params = sum(p.numel() for p in pruned.parameters())
+    all_zeros = sum(int((p == 0).sum()) for p in pruned.parameters())
+    eval_ds, collator, processor = eval_set(run, model)
+    scores = score(run, eval_ds, collator, {"pytorch": lambda b: model(**b).logits,
+                                            "pruned": lambda b: pruned(**b).logits})
+    _save_pretrained(pruned, processor, stage)
+    return {"fraction": fraction, "pruned_layers": len(targets), "pruned_weights": total,
+            "sparsity": zeros / total, "model_sparsity": all_zeros / all_params, "head_kept": head,
+            "examples": scores.pop("_examples"), "scores": {k: v for k, v in scores.items() if not k.startswith("_")},
+            "size_bytes": {"pytorch": state_bytes(model),
+                           "pruned": sum(p.stat().st_size for p in stage.glob("*.safetensors"))}}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+LABELS = {"pytorch": "PyTorch (float32)", "onnx": "ONNX Runtime (float32)", "int8": "ONNX Runtime INT8",
+          "pruned": "PyTorch, pruned"}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.2f} MB" if n >= 2**17 else f"{n / 2**10:.1f} KB"
+
+
+def markdown(numbers: dict, task) -> str:
+    """export.md: what was exported and how it compares with the float PyTorch model on the validation set."""
+    kind, scores = numbers["kind"], numbers["scores"]
+    keys = list(task.metric_names) or sorted({k for s in scores.values() for k in s["metrics"]})
+    shown = [task.metric_names.get(k, k) for k in keys]
+    lat, size = numbers.get("latency_ms"), numbers.get("size_bytes", {})
+    head = ["model", "size on disk", *(["CPU latency, batch 1", "batch 32"] if lat else []), *shown,
+            "argmax = PyTorch", "max abs logit diff"]
+    lines = [f"# Export: {kind}", "", f"`{numbers['model']}` from `{numbers['run']}`, checked on its "
+             f"{numbers['examples']} validation examples (rebuilt from recipe.yaml).", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, s in scores.items():
+        cells = [LABELS.get(name, name), _mb(size[name]) if name in size else "-"]
+        if lat:
+            cells += [f"{lat[name]['1']:.2f} ms", f"{lat[name]['32']:.2f} ms"]
+        cells += [f"{s['metrics'][k]:.4f}" if k in s["metrics"] else "-" for k in keys]
+        cells += [f"{100 * s['agreement']:.1f}%", f"{s['max_abs_diff']:.3g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if kind in ("onnx", "int8"):
+        versions = ", ".join(f"{k} {v}" for k, v in numbers["versions"].items())
+        lines += [f"ONNX Runtime vs PyTorch (float): max abs logit difference {numbers['max_abs_diff']:.3g} "
+                  f"(tolerance {numbers['tolerance']:.3g}). Inputs: {', '.join(numbers['inputs'])}; batch axis dynamic"
+                  f", and the sequence axis of 2-D inputs. Latency: median of repeated runs in one process, "
+                  f"{numbers['threads']} CPU thread(s) for both runtimes ({versions})."]
+    if kind == "int8":
+        f32, i8 = scores["onnx"]["metrics"], scores["int8"]["metrics"]
+        k = keys[0]
+        lines += ["", f"INT8: {numbers['quantized_layers']} linear layers (MatMul/Gemm) quantized dynamically by ONNX "
+                  f"Runtime (int8 weights, activations quantized per batch); "
+                  f"{size['onnx'] / size['int8']:.2f}x smaller "
+                  f"and {lat['onnx']['32'] / lat['int8']['32']:.2f}x the float ONNX speed at batch 32 "
+                  f"({lat['onnx']['1'] / lat['int8']['1']:.2f}x at batch 1); {task.metric_names.get(k, k)} "
+                  f"{f32.get(k, float('nan')):.4f} -> {i8.get(k, float('nan')):.4f}."]
+    if kind == "prune":
+        before, after = scores["pytorch"]["metrics"], scores["pruned"]["metrics"]
+        k = keys[0]
+        lines += [f"Global magnitude (L1) pruning of {100 * numbers['fraction']:g}% of the weights in "
+                  f"{numbers['pruned_layers']} Linear/Conv layers ({numbers['pruned_weights']:,} weights), made "
+                  f"permanent: sparsity {100 * numbers['sparsity']:.1f}% there, {100 * numbers['model_sparsity']:.1f}% "
+                  f"of all parameters. The head ({', '.join(numbers['head_kept']) or 'none found'}) is left whole: it "
+                  f"is new, small, and pruning it costs the most. {task.metric_names.get(k, k)} "
+                  f"{before.get(k, float('nan')):.4f} -> {after.get(k, float('nan')):.4f}. The zeros are stored "
+                  "densely (safetensors): the folder is as large, and as fast, as the float model until sparse "
+                  "kernels or compression use them."]
+    return "\n".join(lines) + "\n"

@@ -38,12 +38,40 @@ def read_run(output_dir: str | Path) -> Run:
     return Run(out, recipe, get_task(recipe.task), labels)
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+
+
+def check_weights(run: Run) -> None:
+    """The run's weights are there and every safetensors file opens (a copy cut short fails here, clearly)."""
+    from safetensors import safe_open
+
+    out = run.path
+    if not any((out / name).is_file() for name in WEIGHT_FILES):
+        raise HftlError(f"'{out}' holds no model weights (model.safetensors, or adapter_model.safetensors for a PEFT "
+                        "run): the run did not get to save its model. Train it again, or point at the folder that "
+                        "holds the weights.")
+    for path in sorted(out.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        except Exception as e:  # SafetensorError: "incomplete metadata, file not fully covered", bad header ...
+            raise HftlError(f"The weights file '{path}' ({path.stat().st_size:,} bytes) is truncated or corrupt "
+                            f"(safetensors: {str(e).strip() or type(e).__name__}): copy it again from where the run "
+                            "was trained, or train again.") from None
+
+
 def load_model(output_dir: str | Path):
-    """Rebuild a trained model from an output dir: the full model, or base + adapter for PEFT runs."""
+    """Rebuild a trained model from an output dir: the full model, or base + adapter for PEFT runs; for an ONNX
+    export (model.onnx, `hftl export --onnx/--int8`) an ONNX Runtime model called the same way."""
     from hftl import models
 
     run = read_run(output_dir)
     out, recipe, task, labels = run.path, run.recipe, run.task, run.label_names
+    if (out / "model.onnx").is_file():
+        from hftl.runs.onnx import OnnxModel
+
+        return OnnxModel(out, labels)
+    check_weights(run)
     if run.is_adapter:
         from peft import PeftModel
 
