@@ -147,8 +147,6 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
     import matplotlib
 
     matplotlib.use("Agg")
-    import os
-
     import matplotlib.pyplot as plt
 
     n = len(names)
@@ -169,12 +167,9 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
                             color="white" if values[i, j] > top / 2 else "black")
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from hftl.runs.outputs import save_figure
+
+    save_figure(fig, path)
 
 
 def write_report(folder: Path, run: Run, scored: Scored, metrics: dict, source: str) -> dict:

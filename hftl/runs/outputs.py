@@ -104,6 +104,13 @@ def plot_curves(log_history: list[dict], path: Path, title: str, metric_names: d
             ax.legend(fontsize=7 if ax is ax3 else 9, ncol=2 if ax is ax3 and len(c["lr"]) > 6 else 1)
     ax3.set_title("per depth group (dotted: epoch ends)", fontsize=9)
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write via a temp file + rename (never a half-written png), close."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
