@@ -332,6 +332,27 @@ def test_reinit_from_depth_reinitialises_upper_layers_only(text_recipe, bert_dir
             assert same(now[n], original[n]), f"{n} below from_depth changed"
 
 
+def test_reinit_resets_batchnorm_running_statistics(image_recipe, resnet_dir, tmp_path):
+    """A re-initialised conv net starts from scratch: its BatchNorm buffers too, not the checkpoint's statistics."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from hftl.pipeline import setup
+
+    model = AutoModelForImageClassification.from_pretrained(resnet_dir)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(0.5)
+            m.running_var.fill_(3.0)
+    model.save_pretrained(tmp_path / "trained")
+    AutoImageProcessor.from_pretrained(resnet_dir).save_pretrained(tmp_path / "trained")
+    s = setup(hftl.load_recipe(image_recipe(model_dir=tmp_path / "trained", strategy={"reinit": {"from_depth": 0}})))
+    norms = [m for m in s.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    for m in norms:
+        assert torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
+        assert torch.equal(m.running_var, torch.ones_like(m.running_var))
+
+
 # ------------------------------------------------------------------------------------------ resume
 
 

@@ -19,11 +19,14 @@ def reinit(model: nn.Module, names: set[str]) -> int:
             continue
         with torch.no_grad():
             if init_fn is not None:
-                # transformers 5 skips tensors flagged as loaded from the checkpoint: clear the flag first.
-                for _, t in own:
+                # transformers 5 skips tensors flagged as loaded from the checkpoint: clear the flag first, on the
+                # buffers too (else BatchNorm keeps the checkpoint's running statistics).
+                for t in [t for _, t in own] + list(module.buffers(recurse=False)):
                     if hasattr(t, "_is_hf_initialized"):
                         del t._is_hf_initialized
                 init_fn(module)
+                if hasattr(module, "reset_running_stats"):
+                    module.reset_running_stats()
             elif hasattr(module, "reset_parameters"):
                 module.reset_parameters()
             else:

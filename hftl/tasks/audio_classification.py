@@ -38,12 +38,14 @@ def _frames(data) -> tuple[int, int]:
     return samples, 1 + samples // hop
 
 
-def clip_image(item, data, offset: int = 0):
+def clip_image(item, data, offset: int = 0, wave=None):
     """One clip as the spectrogram image a log_mel run sees (`data`: the run's recipe `data:` section):
-    resampled, cut to max_duration_seconds from `offset` (padded with silence), log-mel in dB, 0..255 grey."""
+    resampled, cut to max_duration_seconds from `offset` (padded with silence), log-mel in dB, 0..255 grey.
+    `wave`: the clip already loaded at the spectrogram's rate."""
     s = data.spectrogram
     samples, _ = _frames(data)
-    wave = audio.load_clip(item, s.sampling_rate)[offset:offset + samples]
+    wave = audio.load_clip(item, s.sampling_rate) if wave is None else wave
+    wave = wave[offset:offset + samples]
     wave = np.pad(wave, (0, samples - len(wave)))
     mel = audio.log_mel(wave, s.sampling_rate, n_mels=s.n_mels, n_fft=s.n_fft, hop_length=s.hop_length,
                         win_length=s.win_length, f_min=s.f_min, f_max=s.f_max)
@@ -189,8 +191,8 @@ class AudioClassification(ClassificationTask):
             samples, _ = _frames(data)
 
             def spectrogram(item):
-                n = len(audio.load_clip(item, sr)) if train else 0
-                image = clip_image(item, data, offset(n, samples))
+                wave = audio.load_clip(item, sr)
+                image = clip_image(item, data, offset(len(wave), samples), wave=wave)
                 return {"pixel_values": processor(images=[image], return_tensors="pt")["pixel_values"][0]}
 
             return spectrogram
