@@ -293,7 +293,7 @@ def _evaluation_report(s: Setup, trainer, metrics: dict) -> dict | None:
     import os
 
     from hftl.recipe import _zero_stage
-    from hftl.runs.evaluate import score, write_report
+    from hftl.runs.evaluate import shown_inputs, score_prepared, write_report
     from hftl.runs.load import read_run
 
     sharded = s.args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or _zero_stage(s.recipe.training) == 3
@@ -302,7 +302,9 @@ def _evaluation_report(s: Setup, trainer, metrics: dict) -> dict | None:
     run = read_run(s.recipe.output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
-    scored = score(run, s.splits.validation, s.args.per_device_eval_batch_size, model=model.eval())
+    # the evaluation set setup() prepared (not the feature cache's): preprocessed once, not again from disk
+    shown = shown_inputs(s.splits.validation, s.task.input_column(s.recipe.data))
+    scored = score_prepared(s.task, model.eval(), s.eval_dataset, s.collator, shown, s.args.per_device_eval_batch_size)
     model.train(was_training)
     keys = [k for k in metrics if k.startswith("eval_")]
     return write_report(s.recipe.output_dir / "eval", run, scored, {k: metrics[k] for k in keys}, "validation split")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hftl.errors import HftlError
-from hftl.runs.load import Run, load_model, load_processor, read_run
+from hftl.runs.load import Run, batches, load_model, load_processor, model_device, prepare_eval, read_run
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Scored:
     shown: list[str]
 
 
-def _shown(ds, column: str) -> list[str]:
+def shown_inputs(ds, column: str) -> list[str]:
     """How each row of the raw data is named: its path for files, else its text, else its row number."""
     from datasets import Audio, Image
 
@@ -71,23 +71,22 @@ def labelled_data(run: Run, data: str | Path | None):
 def score(run: Run, ds, batch_size: int = 32, model=None) -> Scored:
     """The run's model on labelled data `ds` (load_splits' form: a `labels` column), through the task's own
     evaluation preprocessing."""
+    model = model if model is not None else load_model(run.path)
+    prepared, collate = prepare_eval(run, ds, load_processor(run), model)
+    return score_prepared(run.task, model, prepared, collate, shown_inputs(ds, run.task.input_column(run.recipe.data)),
+                          batch_size)
+
+
+def score_prepared(task, model, prepared, collate, shown: list[str], batch_size: int = 32) -> Scored:
+    """`score` on data the task already prepared (training hands over its own evaluation set)."""
     import torch
 
-    from hftl.data import Splits
-
-    model = model if model is not None else load_model(run.path)
-    processor = load_processor(run)
-    shown = _shown(ds, run.task.input_column(run.recipe.data))
-    _, prepared, collate = run.task.prepare(Splits(ds, ds, run.label_names), processor, run.recipe.data, model)
-    device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
     probs, true = [], []
-    for start in range(0, len(prepared), batch_size):
-        features = [prepared[i] for i in range(start, min(start + batch_size, len(prepared)))]
-        labels = [f["labels"] for f in features]
-        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(features).items() if k != "labels"}
+    for features, batch, _ in batches(prepared, collate, batch_size, model_device(model)):
         with torch.no_grad():
             logits = model(**batch).logits
-        probs += run.task.probabilities(logits, [dict(f, labels=lab) for f, lab in zip(features, labels)])
+        probs += task.probabilities(logits, features)
+        labels = [f["labels"] for f in features]
         true += [np.asarray(lab)[np.asarray(lab) != -100] if isinstance(lab, list) else lab for lab in labels]
     return Scored(probs, true, shown)
 

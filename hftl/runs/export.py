@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 from hftl.errors import HftlError
-from hftl.runs.load import check_weights, load_processor, read_run
+from hftl.runs.load import batches as load_batches
+from hftl.runs.load import check_weights, load_processor, prepare_eval, read_run
 
 KINDS = ("merge", "onnx", "int8", "prune")
 EVAL_BATCH = 32
@@ -198,16 +199,13 @@ def eval_set(run, model):
     splits = load_splits(run.recipe.data, run.recipe.seed, run.task)
     if len(splits.validation) == 0:
         raise HftlError(f"The validation set of '{run.path}' has no rows: there is nothing to check the export on.")
-    splits.train = splits.train.select(range(min(8, len(splits.train))))  # prepare() needs one; only eval is used
-    _, eval_ds, collator = run.task.prepare(splits, processor, run.recipe.data, model)
+    eval_ds, collator = prepare_eval(run, splits.validation, processor, model)
     return eval_ds, collator, processor
 
 
 def batches(eval_ds, collator, size: int = EVAL_BATCH):
     """(inputs without labels, labels) per batch of the eval dataset."""
-    for start in range(0, len(eval_ds), size):
-        batch = dict(collator([eval_ds[i] for i in range(start, min(start + size, len(eval_ds)))]))
-        labels = batch.pop("labels")
+    for _, batch, labels in load_batches(eval_ds, collator, size):
         yield batch, labels
 
 

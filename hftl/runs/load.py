@@ -95,3 +95,34 @@ def load_processor(run: Run):
     except (OSError, ValueError) as e:
         raise HftlError(f"'{run.path}' has no loadable processor files ({str(e).splitlines()[0] if str(e) else e}): "
                         "the run dir is incomplete.") from None
+
+
+def batches(dataset, collate, batch_size: int, device=None):
+    """(features, collated inputs without labels, labels or None) per batch of a prepared dataset; the inputs on
+    `device` when given. Collators that pop keys get copies, so `features` stay whole."""
+    for start in range(0, len(dataset), batch_size):
+        features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = dict(collate([dict(f) for f in features]))
+        labels = batch.pop("labels", None)
+        if device is not None:
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        yield features, batch, labels
+
+
+def model_device(model):
+    """Where a model's parameters are (an ONNX Runtime model has none: the CPU)."""
+    import torch
+
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def prepare_eval(run: Run, ds, processor, model):
+    """(prepared dataset, collator): labelled data `ds` through the task's evaluation preprocessing. prepare()
+    takes a training split too: a few rows of `ds` stand in, so nothing is preprocessed or checked twice."""
+    from hftl.data import Splits
+
+    stand_in = ds.select(range(min(8, len(ds))))
+    _, prepared, collate = run.task.prepare(Splits(stand_in, ds, run.label_names), processor, run.recipe.data, model)
+    return prepared, collate

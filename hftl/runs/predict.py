@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from hftl.errors import HftlError
-from hftl.runs.load import Run, load_model, load_processor, read_run
+from hftl.runs.load import Run, batches, load_model, load_processor, model_device, read_run
 
 logger = logging.getLogger("hftl")
 DATA_FILES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -79,12 +79,10 @@ def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
     data = run.recipe.data
     ds = run.task.prepare_inputs(dataset, processor, data)
     collate = run.task.collator(processor, data)
-    device = next(iter(model.parameters()), torch.zeros(0)).device if hasattr(model, "parameters") else "cpu"
     out = []
-    starts = range(0, len(ds), batch_size)
-    for start in tqdm(starts, desc=f"predict {run.path.name}", disable=len(starts) < 4, leave=False):
-        features = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
-        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(features).items() if k != "labels"}
+    steps = -(-len(ds) // batch_size)
+    for features, batch, _ in tqdm(batches(ds, collate, batch_size, model_device(model)), total=steps,
+                                   desc=f"predict {run.path.name}", disable=steps < 4, leave=False):
         with torch.no_grad():
             logits = model(**batch).logits
         out += run.task.probabilities(logits, features)
