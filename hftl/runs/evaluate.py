@@ -40,7 +40,7 @@ def shown_inputs(ds, column: str) -> list[str]:
 
 def labelled_data(run: Run, data: str | Path | None):
     """The data to score, labels encoded like the run's: its validation split, or `data` (file or folder)."""
-    from datasets import Dataset, Features
+    from datasets import Dataset, Features, List
 
     from hftl.data import _load_raw, load_splits
 
@@ -59,8 +59,9 @@ def labelled_data(run: Run, data: str | Path | None):
         raise HftlError(f"--data '{data}' has no label column '{column}' (the run's data.label_column_name); columns "
                         f"are: {', '.join(raw.column_names)}.")
     names = run.label_names
-    example = [0] if type(task.label_feature(names)).__name__ == "List" else 0
-    reference = Dataset.from_dict({column: [example]}, features=Features({column: task.label_feature(names)}))
+    feature = task.label_feature(names)
+    example = [0] if isinstance(feature, List) else 0  # one row with the run's labels: per word, or per example
+    reference = Dataset.from_dict({column: [example]}, features=Features({column: feature}))
     try:
         _, ds, _ = task.encode_labels(reference, raw, column)
     except HftlError as e:
