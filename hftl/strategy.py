@@ -12,7 +12,7 @@ from hftl.hooks import (
     names_from_depth, reinit, select, trainable_names,
 )
 from hftl.hooks.freezing import check_patterns, matches
-from hftl.hooks.layers import strip_wrappers
+from hftl.hooks.layers import HEAD_LABEL, strip_wrappers
 from hftl.recipe import FreezeSpec, StrategySection
 
 
@@ -66,6 +66,14 @@ def plan_strategy(model: nn.Module, strategy: StrategySection, *, learning_rate:
         check_patterns(model, strategy.unfreeze, "strategy.unfreeze")
     candidates = select(lm, trainable_names(model), freeze, strategy.unfreeze)
     if not candidates:
+        tied = lm.tied_head()
+        if tied:
+            head, to = next(iter(tied.items()))
+            raise HftlError(
+                f"The strategy leaves no parameter to train: the head's {strip_wrappers(head)} is tied to "
+                f"{strip_wrappers(to)} (one parameter, at depth {lm.depth[to]}), so freezing the backbone freezes the "
+                "head too. Unfreeze the shared weight (strategy.unfreeze: ['" + strip_wrappers(to) + "']: it then trains as "
+                "input embeddings and head at once), or add a peft: section.")
         raise HftlError(
             "The strategy leaves no parameter to train (strategy.freeze freezes everything and nothing is unfrozen). "
             "Use freeze: backbone to keep the head trainable, add strategy.unfreeze patterns, or add a peft: section."
@@ -139,8 +147,19 @@ def plan_table(plan: TransferPlan) -> str:
         lr = _lr_cell([plan.lrs[n].lr for n in cand])
         rows.append(f"| {d} | {label} | {_modules_at(names)} | {count:,} | {state} | {lr} | "
                     f"{plan.unfreeze_at.get(d, 'never') if cand else 'never'} |")
+    tied = lm.tied_head()
+    if tied and not lm.names_at(lm.head_depth):
+        shown = ", ".join(f"{strip_wrappers(n).rsplit('.', 1)[0]} (tied to {strip_wrappers(to).rsplit('.', 1)[0]})"
+                          for n, to in tied.items())
+        rows.append(f"| {lm.head_depth} | {HEAD_LABEL} | {shown} | 0 (tied) | with depth "
+                    f"{', '.join(str(lm.depth[to]) for to in tied.values())} | - | - |")
     pct = 100 * trainable_now / max(total, 1)
     rows.append(f"\nTrainable at step 0: {trainable_now:,} of {total:,} parameters ({pct:.2f}%).")
+    for n, to in tied.items():
+        d = lm.depth[to]
+        state = "trains with them" if to in ts.candidates else "stays frozen with them"
+        rows.append(f"Tied weights: the head's {strip_wrappers(n)} is {strip_wrappers(to)} (one parameter, depth {d} "
+                    f"{lm.labels[d]}): it trains exactly when depth {d} does, at its learning rate; here it {state}.")
     adapted = sorted({strip_wrappers(n).split(".base_layer.")[0] for n in params if ".base_layer." in n})
     if adapted:  # PEFT: which modules target_modules matched
         leaves = sorted({a.rsplit(".", 1)[-1] for a in adapted})

@@ -1,6 +1,7 @@
 """Layer map: give every parameter a depth, for any architecture.
 
-embeddings / stem = 0, repeated block i of the backbone = i + 1, whatever follows the blocks (final
+embeddings / stem = 0, repeated block i of the backbone = i + 1 (encoder-decoder models: the encoder's blocks,
+then the decoder's), whatever follows the blocks (final
 norm, pooler) = L + 1, the task head = L + 2. A second repeated stack on the input side, before the first
 block (the convolutional feature encoder of Wav2Vec2 / HuBERT / WavLM), gets its own depth 0 below the
 embeddings, which then move to 1 (and everything above up by one). Blocks are found generically (the repeated
@@ -33,6 +34,15 @@ class LayerMap:
     labels: list[str]  # labels[d] names depth d: "embeddings", "encoder.layer.0", ..., "post", "head"
     blocks: list[str] = field(default_factory=list)  # module paths of the blocks, in order
     input_depths: int = 1  # depths below the first block: embeddings, or feature encoder + embeddings
+    # Tied weights: {second name: the name it is listed under}. torch lists a shared tensor once, under its
+    # first name (a language model's head under the input embeddings), so it has that name's depth only.
+    tied: dict[str, str] = field(default_factory=dict)
+    head_modules: list[str] = field(default_factory=list)  # module paths of the head (found, not patterns)
+
+    def tied_head(self) -> dict[str, str]:
+        """{head parameter: the parameter it is} for head weights tied to a parameter outside the head."""
+        return {n: to for n, to in self.tied.items()
+                if any(_under(strip_wrappers(n), h) for h in self.head_modules) and self.depth.get(to) != self.head_depth}
 
     @property
     def num_blocks(self) -> int:
@@ -212,6 +222,12 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
     task = unwrap(model)
     names = [n for n, _ in model.named_parameters()]
     inner_names = [strip_wrappers(n) for n in names]
+    first_name: dict[int, str] = {}
+    tied = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first_name and first_name[id(p)] != n:
+            tied[n] = first_name[id(p)]
+        first_name.setdefault(id(p), n)
 
     head = list(head_patterns) if head_patterns else find_head(task)
     from hftl.hooks.freezing import matches  # shared pattern rule: glob, regex or module prefix
@@ -235,7 +251,7 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
         if backbone is None:
             backbone, base_prefix = task, ""
         bprefix = base_prefix + "." if base_prefix else ""
-        blocks = find_blocks(backbone, bprefix)
+        blocks = _encoder_decoder_blocks(task) or find_blocks(backbone, bprefix)
         block_index = {}
         for n in inner_names:
             i = next((i for i, b in enumerate(blocks) if _under(n, b)), None)
@@ -268,12 +284,35 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
             depth[wrapped] = next_block[i] + 1
         else:
             depth[wrapped] = L + 1
-    labels = ["embeddings"] + [_short(b) for b in blocks] + [POST_LABEL, HEAD_LABEL]
+    short = [_short(b) for b in blocks]
+    if len(set(short)) < len(short):  # encoder.block.0 and decoder.block.0 are both block.0 for short
+        short = list(blocks)
+    labels = ["embeddings"] + short + [POST_LABEL, HEAD_LABEL]
     stack = None if blocks_regex else _input_stack(backbone, bprefix, inner_names[:first])
+    heads = [] if head_patterns else head
     if stack is None:
-        return LayerMap(depth=depth, labels=labels, blocks=list(blocks))
+        return LayerMap(depth=depth, labels=labels, blocks=list(blocks), tied=tied, head_modules=heads)
     depth = {w: 0 if any(_under(n, stack) for n in (w, strip_wrappers(w))) else d + 1 for w, d in depth.items()}
-    return LayerMap(depth=depth, labels=[_short(stack)] + labels, blocks=list(blocks), input_depths=2)
+    return LayerMap(depth=depth, labels=[_short(stack)] + labels, blocks=list(blocks), input_depths=2, tied=tied,
+                    head_modules=heads)
+
+
+def _encoder_decoder_blocks(task: nn.Module) -> list[str]:
+    """The encoder's blocks, then the decoder's, of an encoder-decoder model (T5, BART, Marian ...); [] otherwise.
+    What lies between the two stacks (the encoder's final norm, the decoder's embeddings) takes the depth of
+    the first decoder block, as any part between blocks takes the next block's."""
+    config = getattr(task, "config", None)
+    if not (getattr(config, "is_encoder_decoder", False) and hasattr(task, "get_encoder") and hasattr(task, "get_decoder")):
+        return []
+    try:
+        encoder, decoder = task.get_encoder(), task.get_decoder()
+    except (AttributeError, NotImplementedError):
+        return []
+    paths = {id(m): n for n, m in task.named_modules()}
+    if id(encoder) not in paths or id(decoder) not in paths:
+        return []
+    enc, dec = find_blocks(encoder, paths[id(encoder)] + "."), find_blocks(decoder, paths[id(decoder)] + ".")
+    return enc + dec if enc and dec else []
 
 
 def _input_stack(backbone: nn.Module, prefix: str, input_side: list[str]) -> str | None:
