@@ -51,8 +51,9 @@ def default_targets(model: nn.Module, head: list[str]) -> list[str]:
                     f"the model's layers ({layer_hint(model)}).")
 
 
-def build_peft_model(model: nn.Module, section, task_type: str | None, head: list[str]):
-    """Wrap `model` with the adapter the recipe asks for. The task head trains and saves with it."""
+def build_peft_model(model: nn.Module, section, task_type: str | None, head: list[str], save: list[str] | None = None):
+    """Wrap `model` with the adapter the recipe asks for. `save` (default: the head) trains and saves with it:
+    the new task head, or a language model's grown embeddings (kept tied to its head where they are tied)."""
     import peft
 
     ptype = peft_type(section.method)
@@ -60,8 +61,13 @@ def build_peft_model(model: nn.Module, section, task_type: str | None, head: lis
     fields = {f.name for f in dataclasses.fields(config_class(ptype))}
     if "target_modules" in fields and not kwargs.get("target_modules") and not is_prompt_learning(ptype):
         kwargs["target_modules"] = default_targets(model, head)
-    if "modules_to_save" in fields:
-        kwargs["modules_to_save"] = sorted(set(kwargs.get("modules_to_save") or []) | set(head))
+    save = head if save is None else save
+    if "modules_to_save" in fields and (save or kwargs.get("modules_to_save")):
+        kwargs["modules_to_save"] = sorted(set(kwargs.get("modules_to_save") or []) | set(save))
+        tied = getattr(model.get_output_embeddings(), "weight", None) is getattr(model.get_input_embeddings(), "weight", 0) \
+            if hasattr(model, "get_output_embeddings") else False
+        if tied and "ensure_weight_tying" in fields:
+            kwargs.setdefault("ensure_weight_tying", True)  # the trained embedding copy is the head's too
     if task_type is not None:
         kwargs["task_type"] = task_type
     try:

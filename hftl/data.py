@@ -14,7 +14,7 @@ from hftl import zoo
 from hftl.errors import HftlError, did_you_mean
 from hftl.recipe import DataSection
 
-_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_FILE_LOADERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Splits:
     label_names: list[str]
 
 
-def _file_loader(path: str, key: str) -> str:
+def _file_loader(path: str, key: str, task) -> str:
     p = Path(path)
     if p.is_dir():
         raise HftlError(f"Recipe key 'data.{key}': '{path}' is a folder, not a file (for image folders use data.train_dir).")
@@ -32,9 +32,11 @@ def _file_loader(path: str, key: str) -> str:
         raise HftlError(f"Recipe key 'data.{key}': file '{path}' does not exist.")
     if p.stat().st_size == 0:
         raise HftlError(f"Recipe key 'data.{key}': file '{path}' is empty.")
-    loader = _FILE_LOADERS.get(p.suffix.lower())
+    allowed = [s for s in _FILE_LOADERS if s != ".txt" or task.reads_plain_text]
+    loader = _FILE_LOADERS.get(p.suffix.lower()) if p.suffix.lower() in allowed else None
     if loader is None:
-        raise HftlError(f"Recipe key 'data.{key}': '{path}' has extension '{p.suffix}'; allowed: {', '.join(_FILE_LOADERS)}.")
+        raise HftlError(f"Recipe key 'data.{key}': '{path}' has extension '{p.suffix}'; allowed for {task.name}: "
+                        f"{', '.join(allowed)}.")
     if loader == "csv":
         with open(p, "rb") as f:
             head = f.read(1 << 16)
@@ -63,13 +65,15 @@ def _load_raw(data: DataSection, task):
                 folders["validation"] = data.validation_dir
             return task.load_folder(folders)
         if data.train_file:
-            loader = _file_loader(data.train_file, "train_file")
+            loader = _file_loader(data.train_file, "train_file", task)
             files = {"train": data.train_file}
             if data.validation_file:
-                if _file_loader(data.validation_file, "validation_file") != loader:
+                if _file_loader(data.validation_file, "validation_file", task) != loader:
                     raise HftlError("Recipe keys 'data.train_file' and 'data.validation_file' must have the same format.")
                 files["validation"] = data.validation_file
-            return datasets.load_dataset(loader, data_files=files)
+            # text: one row per line, paragraph or file (data.sample_by), in a `text` column
+            options = {"sample_by": data.sample_by} if loader == "text" else {}
+            return datasets.load_dataset(loader, data_files=files, **options)
         name = data.dataset_name
         if name.startswith(zoo.PREFIX):
             return zoo.load_dataset(name, data.dataset_config_name)
@@ -99,8 +103,8 @@ def load_splits(data: DataSection, seed: int, task) -> Splits:
             f"{', '.join(raw)}.{did_you_mean(data.train_split_name, raw)}"
         )
     train = raw[data.train_split_name]
-    label = data.label_column_name or task.label_column
-    if label not in train.column_names:
+    label = data.label_column_name or task.label_column  # None: the task has no labels (language modelling)
+    if label is not None and label not in train.column_names:
         raise HftlError(
             f"Recipe key 'data.label_column_name': column '{label}' not in the data; columns are: "
             f"{', '.join(train.column_names)}.{did_you_mean(label, train.column_names)}"
@@ -119,7 +123,7 @@ def load_splits(data: DataSection, seed: int, task) -> Splits:
     validation = raw[val_name] if val_name is not None else None
     train, validation, names = task.encode_labels(train, validation, label)
     if validation is None:
-        stratify = label if isinstance(train.features[label], ClassLabel) and \
+        stratify = label if label is not None and isinstance(train.features[label], ClassLabel) and \
             len(train) >= 2 * len(names) / data.train_val_split else None
         try:
             parts = train.train_test_split(test_size=data.train_val_split, seed=seed, stratify_by_column=stratify)
@@ -130,6 +134,6 @@ def load_splits(data: DataSection, seed: int, task) -> Splits:
         train = train.shuffle(seed=seed).select(range(min(data.max_train_samples, len(train))))
     if data.max_eval_samples is not None:
         validation = validation.select(range(min(data.max_eval_samples, len(validation))))
-    if label != "labels":
+    if label not in (None, "labels"):
         train, validation = train.rename_column(label, "labels"), validation.rename_column(label, "labels")
     return Splits(train, validation, names)

@@ -79,7 +79,7 @@ def _check_output_dir(recipe: Recipe, resuming: bool) -> None:
 
 def setup(recipe: Recipe) -> Setup:
     """Build data, model and strategy. Writes nothing."""
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from hftl import models
     from hftl.adapters import build_peft_model
@@ -99,7 +99,7 @@ def setup(recipe: Recipe) -> Setup:
     _check_push(recipe, model)
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
-        model = build_peft_model(model, recipe.peft, task.peft_task_type, find_head(model))
+        model = build_peft_model(model, recipe.peft, task.peft_task_type, find_head(model), task.adapter_modules(model))
         from hftl.runs.hub import base_model_id
 
         # The adapter config names its base by Hub id where one is known (zoo origin, hub.base_model), not by
@@ -109,7 +109,8 @@ def setup(recipe: Recipe) -> Setup:
             for config in model.peft_config.values():
                 config.base_model_name_or_path = origin
     training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
-    args = TrainingArguments(**training)
+    args_class = task.trainer_classes()[1]
+    args = args_class(**{**task.training_defaults(recipe.data, recipe.generation), **training})
     plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
     train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
     from hftl.preflight import check_first_step
@@ -240,12 +241,14 @@ def _make_trainer(s: Setup):
                             "pass extra inputs to its backbone; set it to auto or false.")
         else:
             s.cache = None
-    return HftlTrainer(
+    base = s.task.trainer_classes()[0]
+    cls = HftlTrainer if issubclass(HftlTrainer, base) else type(f"Hftl{base.__name__}", (HftlTrainer, base), {})
+    return cls(
         model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds,
-        data_collator=collator, processing_class=s.processor, compute_metrics=s.task.metrics_for(s.splits.label_names),
+        data_collator=collator, processing_class=s.processor, compute_metrics=s.task.metrics_for(s.splits.label_names, s.processor),
         preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics,
         callbacks=s.plan.callbacks, plan=s.plan,
-        on_nan_loss=s.recipe.on_nan_loss)
+        on_nan_loss=s.recipe.on_nan_loss, task=s.task)
 
 
 def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
@@ -276,7 +279,7 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     text = card.model_card(
         s.recipe, s.task, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
         adapter, len(s.train_dataset), len(s.eval_dataset), usage, base_model_id(s.recipe), trainer.state.log_history,
-        _evaluation_report(s, trainer, metrics))
+        _evaluation_report(s, trainer, metrics), _task_report(s, trainer))
     outputs.write_text(out / "README.md", text)
     if merged:
         # last, so that a failed merge still leaves a complete, loadable adapter run
@@ -285,6 +288,12 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
         merge_adapter(s.model, s.processor, out / "merged")
     outputs.fix_modes(out)
     logger.info("outputs written to %s", out)
+
+
+def _task_report(s: Setup, trainer) -> list[str]:
+    """The task's own outputs after training (sampled completions), as card lines."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return s.task.report(model, s.processor, s.recipe, s.recipe.output_dir)
 
 
 def _evaluation_report(s: Setup, trainer, metrics: dict) -> dict | None:

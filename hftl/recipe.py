@@ -63,6 +63,9 @@ class ModelSection(Section):
         None, description="Keep the convolutional feature encoder of speech models (Wav2Vec2, HuBERT, WavLM) frozen "
         "for the whole run. Default: true for models that have one.", json_schema_extra={"tasks": ["audio-classification"]})
     cache_dir: str | None = Field(None, description="Where downloaded checkpoints are cached.")
+    extra_special_tokens: list[str] | None = Field(
+        None, description="Generative tasks: tokens added to the vocabulary as special tokens; the embeddings grow "
+        "and train (with PEFT they are saved with the adapter).", json_schema_extra={"tasks": ["causal-lm", "seq2seq"]})
     pooling: Literal["auto", "default", "mean", "cls"] = Field(
         "auto", description="Sentence pooling for BERT-style text models: auto (the checkpoint's own, from a "
         "sentence-transformers 1_Pooling/config.json), default (the model's pooler), mean or cls.")
@@ -134,7 +137,8 @@ class DataSection(Section):
     label_column_name: str | None = Field(None, description="Column holding the labels (strings or ints; per word for "
                                           "token classification). Default: label, ner_tags for token classification.")
     text_column_name: str | None = Field(None, description="Token classification: the column of word lists (default "
-                                         "tokens).", json_schema_extra={"tasks": ["token-classification"]})
+                                         "tokens). Causal LM: the text column (default text).",
+                                         json_schema_extra={"tasks": ["token-classification", "causal-lm"]})
     label_all_tokens: bool = Field(False, description="Token classification: every sub-token of a word carries its label "
                                    "(default: the first only, the rest are ignored).", json_schema_extra={"tasks": ["token-classification"]})
     audio_column_name: str = Field("audio", description="Column holding the audio (file paths, or a datasets Audio "
@@ -147,7 +151,24 @@ class DataSection(Section):
         "image-classification checkpoint, timm or transformers).", json_schema_extra={"tasks": ["audio-classification"]})
     spectrogram: SpectrogramSection = Field(default_factory=SpectrogramSection, description="Log-mel settings "
                                             "(audio_features: log_mel).", json_schema_extra={"tasks": ["audio-classification"]})
-    max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated).")
+    max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated); with "
+                                        "data.packing the length of every block.")
+    packing: bool = Field(False, description="Causal LM: concatenate the tokenized examples and cut them into full "
+                          "blocks of max_seq_length (labels travel with their tokens, so prompt masking survives).",
+                          json_schema_extra={"tasks": ["causal-lm"]})
+    sample_by: Literal["line", "paragraph", "document"] = Field(
+        "line", description="Causal LM, .txt files: one document per line, per blank-line separated paragraph, or the "
+        "whole file (datasets' text loader).", json_schema_extra={"tasks": ["causal-lm"]})
+    text_column: str | None = Field(None, description="Seq2seq: the source text column (default: the first of text, "
+                                    "document, article, source).", json_schema_extra={"tasks": ["seq2seq"]})
+    summary_column: str | None = Field(None, description="Seq2seq: the target text column (default: the first of "
+                                       "summary, target, highlights).", json_schema_extra={"tasks": ["seq2seq"]})
+    source_prefix: str = Field("", description="Seq2seq: text put before every source (T5's 'summarize: ').",
+                               json_schema_extra={"tasks": ["seq2seq"]})
+    max_source_length: PositiveInt = Field(256, description="Seq2seq: source tokens kept (longer is truncated).",
+                                           json_schema_extra={"tasks": ["seq2seq"]})
+    max_target_length: PositiveInt = Field(64, description="Seq2seq: target tokens kept, and the generation length "
+                                           "at evaluation.", json_schema_extra={"tasks": ["seq2seq"]})
     augment: AugmentSection = Field(default_factory=AugmentSection, description="Train-time image augmentation; `false` turns it off.")
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="Resize images straight to this size (`96` or `[height, width]`, no crop) instead of the "
@@ -343,6 +364,18 @@ class HubSection(Section):
         return self
 
 
+class GenerationSection(Section):
+    """Sampled completions after training (causal LM) and the decoding of generation-based evaluation (seq2seq)."""
+
+    prompts: list[str] = Field(default_factory=list, description="Fixed prompts whose completions go into "
+                               "samples.jsonl and the model card (base model and trained model side by side).")
+    max_new_tokens: PositiveInt = Field(48, description="Tokens generated per prompt.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 decodes greedily.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    num_beams: PositiveInt = Field(1, description="Beam search width (seq2seq evaluation; greedy or sampled if 1).")
+    seed: int = Field(0, description="Seed of the sampling, so the samples are reproducible.")
+
+
 # ----------------------------------------------------------------------------------------------- recipe
 
 
@@ -354,6 +387,8 @@ class Recipe(Section):
     peft: PeftSection | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="transformers.TrainingArguments, verbatim.")
     hub: HubSection = Field(default_factory=HubSection)
+    generation: GenerationSection | None = Field(None, description="Generative tasks: prompts sampled after training, "
+                                                 "decoding settings.", json_schema_extra={"tasks": ["causal-lm", "seq2seq"]})
     seed: int = Field(42, description="Seed for data splits, head init and training.")
     overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty training.output_dir.")
     on_nan_loss: Literal["stop", "skip"] = Field(
@@ -641,6 +676,11 @@ def _task_keys(recipe: Recipe) -> list[str]:
     """A key that only some task families read (its schema field says which) is refused for the others,
     instead of being silently ignored."""
     problems = []
+    for key, field in Recipe.model_fields.items():
+        tasks = (field.json_schema_extra or {}).get("tasks")
+        if tasks and recipe.task not in tasks and getattr(recipe, key) is not None:
+            problems.append(f"Recipe key '{key}' is read by task {' and '.join(tasks)} only; this recipe's task is "
+                            f"{recipe.task}: remove the key or change the task.")
     for section_name in ("model", "data"):
         section = getattr(recipe, section_name)
         for key in sorted(section.model_fields_set):

@@ -10,7 +10,9 @@ The changes, each for a trap the plain Trainer has in transfer learning:
 - checkpoints load like the final model (pooling code shipped) and are readable as the umask says;
 - classification losses ignore `num_items_in_batch`, so the Trainer must not treat the loss as
   already normalised (it would then skip the gradient-accumulation division and, with
-  average_tokens_across_devices, multiply the loss by world_size).
+  average_tokens_across_devices, multiply the loss by world_size); language-model losses
+  (`Task.token_loss`) take it, so tokens weigh the same across accumulated micro-batches;
+- metrics derived from the Trainer's own (perplexity from eval_loss) join every evaluation's logs.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ class PortableCheckpoints(TrainerCallback):
 
 
 class HftlTrainer(Trainer):
-    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", **kwargs):
+    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
         self.on_nan_loss = on_nan_loss
+        self.task = task
         self.skipped_steps = 0
-        self.model_accepts_loss_kwargs = False
+        if task is None or not task.token_loss:
+            self.model_accepts_loss_kwargs = False
         self.add_callback(PortableCheckpoints())
 
     def create_optimizer(self, model=None):
@@ -76,6 +80,8 @@ class HftlTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs also carry each param group's learning rate (for curves.png and report_to), for the
         groups that train now: discriminative LRs as parallel lines, gradual unfreezing as lines that start."""
+        if self.task is not None and any(k.startswith("eval_") for k in logs):
+            self.task.finish_metrics(logs)  # in place: evaluate() returns this same dict
         if "loss" in logs and self.optimizer is not None and self.plan is not None:
             from hftl.runs.outputs import LR_PREFIX
 

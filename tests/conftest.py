@@ -219,3 +219,50 @@ def w2v_dir(tmp_path_factory):
     Wav2Vec2ForSequenceClassification(config).save_pretrained(d)
     Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=False).save_pretrained(d)
     return d
+
+
+# ----------------------------------------------------------------------------------------------- generative
+
+
+@pytest.fixture(scope="session")
+def gpt2_lm_dir(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 language model (tied head) with a byte-level BPE tokenizer: no pad token, a chat template."""
+    from lm_assets import save_gpt2
+
+    return save_gpt2(tmp_path_factory.mktemp("gpt2_lm"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_nochat_dir(tmp_path_factory) -> Path:
+    from lm_assets import save_gpt2
+
+    return save_gpt2(tmp_path_factory.mktemp("gpt2_nochat"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    from lm_assets import save_llama
+
+    return save_llama(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory) -> Path:
+    from lm_assets import save_t5
+
+    return save_t5(tmp_path_factory.mktemp("t5"))
+
+
+@pytest.fixture(scope="session")
+def lm_files(tmp_path_factory) -> dict[str, Path]:
+    """Toy corpora in every causal-lm format, and copy-task pairs for seq2seq."""
+    from lm_assets import STORY, chat_rows, copy_rows, qa_rows, write_jsonl
+
+    d = tmp_path_factory.mktemp("lm_data")
+    (d / "story.txt").write_text("\n".join([STORY] * 48) + "\n")
+    (d / "paragraphs.txt").write_text("the cat sat\non the mat\n\nthe dog ran\n\nto the park\n")
+    return {"text": write_jsonl(d / "text.jsonl", [{"text": STORY}] * 48),
+            "story": d / "story.txt", "paragraphs": d / "paragraphs.txt",
+            "qa": write_jsonl(d / "qa.jsonl", qa_rows(48)), "chat": write_jsonl(d / "chat.jsonl", chat_rows(24)),
+            "copy_train": write_jsonl(d / "copy_train.jsonl", copy_rows(240, 0)),
+            "copy_validation": write_jsonl(d / "copy_validation.jsonl", copy_rows(30, 1))}

@@ -15,10 +15,10 @@ def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: b
     which gives the pipeline's example input and options and the PEFT loading lines."""
     example = task.example_input
     trunc = task.pipeline_options
-    name = task.name
+    name = task.pipeline_tag or task.name
     head = [f'model_id = "{recipe.output_dir}"  # this folder, or its Hub repo id']
     pooled = pooling != "default"
-    custom = task.usage(recipe.data)
+    custom = task.usage(recipe.data, adapter)
     if custom is not None:
         cut = custom.index("") + 1  # imports, then the code that needs model_id
         return "\n".join([*custom[:cut], *head, *custom[cut:]])
@@ -74,14 +74,15 @@ def card_data(recipe, task, metrics: dict, adapter: bool, base_model: str | None
     split = recipe.data.validation_split_name or ("validation" if recipe.data.validation_dir or
                                                   recipe.data.validation_file or recipe.data.dataset_name else
                                                   f"{recipe.data.train_val_split:g} of train (held out)")
-    results = [EvalResult(task_type=recipe.task, dataset_type=dataset_id or "custom", dataset_name=dataset_shown,
+    tag = task.pipeline_tag or recipe.task
+    results = [EvalResult(task_type=tag, dataset_type=dataset_id or "custom", dataset_name=dataset_shown,
                           dataset_config=recipe.data.dataset_config_name, dataset_split=split, metric_type=key,
                           metric_name=name, metric_value=round(float(metrics[f"eval_{key}"]), 4))
                for key, name in task.metric_names.items() if isinstance(metrics.get(f"eval_{key}"), (int, float))]
     tags = ["hftl", "transfer-learning", recipe.task] + ([str(recipe.peft.method).lower()] if adapter else [])
     return ModelCardData(
         base_model=base_model, datasets=[dataset_id] if dataset_id else None, library_name="peft" if adapter else
-        "transformers", pipeline_tag=recipe.task, tags=tags, metrics=list(task.metric_names) if results else None,
+        "transformers", pipeline_tag=tag, tags=tags, metrics=list(task.metric_names) if results else None,
         model_name=recipe.output_dir.name, eval_results=results or None)
 
 
@@ -112,7 +113,8 @@ def _per_evaluation(log_history: list[dict], metric_names) -> list[str]:
 
 def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str, label_names: list[str],
                adapter: dict | None, n_train: int, n_eval: int, usage: str = "", base_model: str | None = None,
-               log_history: list[dict] | None = None, evaluation: dict | None = None) -> str:
+               log_history: list[dict] | None = None, evaluation: dict | None = None,
+               extra: list[str] | None = None) -> str:
     """The README.md text: ModelCard metadata + hftl's sections."""
     from huggingface_hub import ModelCard
 
@@ -134,7 +136,7 @@ def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str,
         f"- source: `{_dataset(recipe)[1]}`" + (f" (config `{recipe.data.dataset_config_name}`)"
                                                if recipe.data.dataset_config_name else ""),
         f"- train examples: {n_train}, evaluation examples: {n_eval}",
-        f"- labels ({len(label_names)}): {', '.join(label_names)}",
+        *([f"- labels ({len(label_names)}): {', '.join(label_names)}"] if label_names else []),
         f"- preprocessing: {preprocessing}",
         "",
         "## Results",
@@ -149,6 +151,7 @@ def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str,
     if evaluation:
         lines += ["", "Per label on the evaluation set (`hftl eval` writes the same into eval/):", "", evaluation["table"],
                   "", "![confusion matrix](eval/confusion_matrix.png)"]
+    lines += extra or []
     if adapter:
         lines += ["", "## Adapter", "", "| setting | value |", "|---|---|"]
         for k, v in adapter.items():

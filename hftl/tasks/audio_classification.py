@@ -273,7 +273,7 @@ class AudioClassification(ClassificationTask):
 
     # ------------------------------------------------------------------------------------------ card
 
-    def usage(self, data):
+    def usage(self, data, adapter=False):
         if not _spectrogram(data):
             return None
         return ["import torch", "from transformers import AutoImageProcessor, AutoModelForImageClassification", "",

@@ -43,9 +43,17 @@ class Task(ABC):
     pipeline_options: ClassVar[str] = ""  # extra pipeline() arguments for the card, e.g. ", truncation=True"
     processor_arg: ClassVar[tuple[str, str]] = ("processor", "AutoProcessor")  # pipeline() kwarg, its Auto class
     folder_layout: ClassVar[str] = "<label>/<file>"  # what data.train_dir holds, for error messages
-    label_column: ClassVar[str] = "label"  # data.label_column_name's default
+    label_column: ClassVar[str | None] = "label"  # data.label_column_name's default; None: no labels (generative)
     folder_files: ClassVar[str] = "data"  # what kind of files those are ("image", "audio")
     input_suffixes: ClassVar[tuple[str, ...]] = ()  # files `hftl predict` takes (empty: literal texts only)
+    reads_plain_text: ClassVar[bool] = False  # data.train_file may be a .txt file (datasets' text loader)
+    pipeline_tag: ClassVar[str | None] = None  # the Hub's pipeline tag, when it is not `name` (causal-lm: text-generation)
+    # The head is the checkpoint's own (a language-model head), not a new one: it is not added to PEFT's
+    # modules_to_save and the classification reports (per-class table, confusion matrix) do not apply.
+    pretrained_head: ClassVar[bool] = False
+    # The model's loss is a sum over tokens that the Trainer may normalise by the batch's token count
+    # (num_items_in_batch); classification losses are per-example means and must not be.
+    token_loss: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -140,20 +148,47 @@ class Task(ABC):
     def compute_metrics(self, eval_pred) -> dict[str, float]:
         """Trainer's compute_metrics: keys as in metric_names (the Trainer adds the eval_ prefix)."""
 
-    def metrics_for(self, label_names: list[str]):
+    def metrics_for(self, label_names: list[str], processor=None):
         """The Trainer's compute_metrics for a run with these labels: `compute_metrics`, unless the metrics need
-        the label names (token classification scores entities by their tags) -- then bind them here, not on the
-        task, whose one instance every run shares."""
+        the label names (token classification scores entities by their tags) or the processor (seq2seq decodes
+        the generated ids) -- then bind them here, not on the task, whose one instance every run shares. None:
+        the Trainer's eval_loss is all (no logits gathered)."""
         return self.compute_metrics
 
     preprocess_logits_for_metrics = None  # or a method (logits, labels) -> what compute_metrics gets
 
+    def adapter_modules(self, model) -> list[str]:
+        """Module paths PEFT trains and saves beside the adapter (modules_to_save): the new task head; a task
+        whose head is the checkpoint's own returns only what it changed (embeddings grown for new tokens)."""
+        from hftl.hooks import find_head
+
+        return find_head(model)
+
+    def finish_metrics(self, metrics: dict) -> None:
+        """Add metrics derived from the Trainer's own (in place, on every evaluation's logs): e.g. perplexity
+        from eval_loss, which needs no logits gathered."""
+
+    def trainer_classes(self):
+        """(Trainer base class, TrainingArguments class): Seq2SeqTrainer for generation-based evaluation."""
+        from transformers import Trainer, TrainingArguments
+
+        return Trainer, TrainingArguments
+
+    def training_defaults(self, data, generation) -> dict:
+        """TrainingArguments values the task sets unless the recipe does (seq2seq: predict_with_generate)."""
+        return {}
+
+    def report(self, model, processor, recipe, out) -> list[str]:
+        """Task outputs written after training (e.g. sampled completions) -> markdown lines for the card."""
+        return []
+
     def describe_preprocessing(self, processor, data) -> str:
         return type(processor).__name__
 
-    def usage(self, data) -> list[str] | None:
-        """Card lines that load and run the model when `pipeline(self.name, ...)` cannot: imports, an empty
-        line, then code that uses `model_id` (the card defines it there). None: the card's pipeline() snippet."""
+    def usage(self, data, adapter: bool = False) -> list[str] | None:
+        """Card lines that load and run the model (`adapter`: a PEFT adapter run) when `pipeline(self.name, ...)`
+        cannot: imports, an empty line, then code that uses `model_id` (the card defines it there). None: the
+        card's pipeline() snippet."""
         return None
 
     def adapter_usage(self, labels_kwargs: str) -> list[str]:
@@ -165,7 +200,7 @@ class Task(ABC):
             "config = PeftConfig.from_pretrained(model_id)", f"base = {auto}.from_pretrained(",
             f"    config.base_model_name_or_path{labels_kwargs}, ignore_mismatched_sizes=True)",
             "model = PeftModel.from_pretrained(base, model_id)",
-            f'classifier = pipeline("{self.name}", model=model, {arg}={cls}.from_pretrained(model_id){self.pipeline_options})']
+            f'classifier = pipeline("{self.pipeline_tag or self.name}", model=model, {arg}={cls}.from_pretrained(model_id){self.pipeline_options})']
 
 
 _BUILTIN = {
@@ -173,6 +208,8 @@ _BUILTIN = {
     "text-classification": "hftl.tasks.text_classification:TextClassification",
     "audio-classification": "hftl.tasks.audio_classification:AudioClassification",
     "token-classification": "hftl.tasks.token_classification:TokenClassification",
+    "causal-lm": "hftl.tasks.causal_lm:CausalLM",
+    "seq2seq": "hftl.tasks.seq2seq:Seq2Seq",
 }
 _REGISTRY: dict[str, Task] = {}
 

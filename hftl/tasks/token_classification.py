@@ -312,7 +312,7 @@ class TokenClassification(ClassificationTask):
 
     # ------------------------------------------------------------------------------------------ metrics / card
 
-    def metrics_for(self, label_names: list[str]):
+    def metrics_for(self, label_names: list[str], processor=None):
         return partial(self.compute_metrics, label_names=list(label_names))
 
     def compute_metrics(self, eval_pred, label_names: list[str] | None = None) -> dict[str, float]:
