@@ -40,6 +40,23 @@ def _load_error(path: str, e: Exception) -> HftlError:
     )
 
 
+_COMMON_TYPES = ("t5", "bart", "mt5", "pegasus", "marian", "gpt2", "llama", "qwen2", "mistral", "bert", "roberta",
+                 "deberta-v2", "vit", "convnext", "timm_wrapper", "wav2vec2", "whisper")
+
+
+def _check_architecture(task, auto, config, path: str) -> None:
+    """A checkpoint the task's Auto class has no class for (a decoder-only model for seq2seq), said before loading."""
+    names = getattr(getattr(auto, "_model_mapping", None), "_model_mapping", None)  # model_type -> class name
+    model_type = getattr(config, "model_type", None)
+    if not names or not model_type or model_type in names or getattr(config, "auto_map", None):
+        return
+    common = [t for t in _COMMON_TYPES if t in names]
+    known = ", ".join([*common, *sorted(set(names) - set(common))][:8])
+    raise HftlError(f"Recipe key 'model.model_name_or_path': '{path}' is a {model_type} model, and task {task.name} "
+                    f"cannot use it: {auto.__name__} has no {model_type} class. It takes e.g. {known}, ... "
+                    f"({len(names)} model types); choose a checkpoint of one of them, or another task.")
+
+
 def load_processor(task, model_section, data):
     path = resolve_path(model_section)
     try:
@@ -59,6 +76,7 @@ def build_model(task, model_section, label_names: list[str], data):
         config = AutoConfig.from_pretrained(model_section.config_name or path, **task.config_kwargs(label_names), **common)
         if getattr(config, "pad_token_id", 0) is None and getattr(config, "eos_token_id", None) is not None:
             config.pad_token_id = config.eos_token_id  # GPT-style models classify the last non-pad token
+        _check_architecture(task, task.model_class(data), config, path)
         model, info = task.model_class(data).from_pretrained(
             path, config=config, ignore_mismatched_sizes=model_section.ignore_mismatched_sizes,
             output_loading_info=True, **common)

@@ -82,7 +82,7 @@ class HftlTrainer(Trainer):
         groups that train now: discriminative LRs as parallel lines, gradual unfreezing as lines that start."""
         if self.task is not None and any(k.startswith("eval_") for k in logs):
             self.task.finish_metrics(logs)  # in place: evaluate() returns this same dict
-        if "loss" in logs and self.optimizer is not None and self.plan is not None:
+        if "loss" in logs and self.optimizer is not None and self.plan is not None and self._groups_differ():
             from hftl.runs.outputs import LR_PREFIX
 
             active = self.plan.trainable.active
@@ -90,6 +90,11 @@ class HftlTrainer(Trainer):
                 if any(n in active for n in group.get("param_names", [])):
                     logs.setdefault(LR_PREFIX + str(group.get("name", "default")), group["lr"])
         super().log(logs, start_time)
+
+    def _groups_differ(self) -> bool:
+        """Per-group lines say something only with several learning rates or gradual unfreezing; otherwise
+        the Trainer's own learning_rate is every group's (a LoRA run on 30 blocks would log 30 equal lines)."""
+        return len({a.lr for a in self.plan.lrs.values()}) > 1 or bool(self.plan.callbacks)
 
     def evaluate(self, *args, **kwargs):
         dev = self.args.device

@@ -15,7 +15,7 @@ Each case file starts with a header of comments:
     # reject: sub1 | sub2                   (optional: substrings the message must not contain, e.g. a wrong hint)
     # xfail: <reason>                       (optional: a known gap, fixed outside this file; strict)
 
-Recipes and headers use placeholders: {BERT} / {VIT} / {W2V} (tiny checkpoints), {DATA} (good and bad data files,
+Recipes and headers use placeholders: {BERT} / {VIT} / {W2V} / {GPT2} / {GPT2_NOCHAT} / {T5} (tiny checkpoints), {DATA} (good and bad data files,
 built once per session) and {TMP} (the case's working dir, where the output dir goes).
 
 Speed: `python -m hftl.cli` spends ~10 s of CPU importing torch/transformers/peft before it reads the recipe,
@@ -115,7 +115,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 @pytest.fixture(scope="session")
-def bad_assets(tmp_path_factory, bert_dir, vit_dir, w2v_dir, text_csv, image_dirs, audio_dirs) -> dict[str, str]:
+def bad_assets(tmp_path_factory, bert_dir, vit_dir, w2v_dir, gpt2_lm_dir, gpt2_nochat_dir, t5_dir, text_csv, image_dirs,
+               audio_dirs) -> dict[str, str]:
     """Good copies of the tiny data plus every broken file the corpus points at, under {DATA}."""
     d = tmp_path_factory.mktemp("bad_data")
     shutil.copy(text_csv[0], d / "train.csv")
@@ -166,12 +167,25 @@ def bad_assets(tmp_path_factory, bert_dir, vit_dir, w2v_dir, text_csv, image_dir
 
     sf.write(d / "audio_short" / "train" / "high" / "click.wav", np.zeros(20, dtype=np.float32), 16000)  # 1.25 ms
 
+    from lm_assets import chat_rows, copy_rows, qa_rows
+
+    _write_jsonl(d / "lm_no_text.jsonl", [{"body": "the cat sat on the mat"}] * 8)
+    _write_jsonl(d / "lm_prompt_only.jsonl", [{"prompt": r["prompt"]} for r in qa_rows(8)])
+    _write_jsonl(d / "lm_empty_completion.jsonl", [{**r, "completion": "" if i == 2 else r["completion"]}
+                                                   for i, r in enumerate(qa_rows(8))])
+    _write_jsonl(d / "lm_qa.jsonl", qa_rows(8))
+    _write_jsonl(d / "lm_chat.jsonl", chat_rows(8))
+    _write_jsonl(d / "lm_unknown_role.jsonl", [{"messages": [{**m, "role": "robot"} if m["role"] == "system" else m
+                                                             for m in r["messages"]]} for r in chat_rows(8)])
+    _write_jsonl(d / "s2s_train.jsonl", copy_rows(16, 0))
+
     (d / "model_empty").mkdir()
     shutil.copytree(bert_dir, d / "model_bad_config")
     (d / "model_bad_config" / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
     (d / "checkpoint-partial").mkdir()
     (d / "checkpoint-partial" / "config.json").write_text("{}")
-    return {"BERT": str(bert_dir), "VIT": str(vit_dir), "W2V": str(w2v_dir), "DATA": str(d)}
+    return {"BERT": str(bert_dir), "VIT": str(vit_dir), "W2V": str(w2v_dir), "GPT2": str(gpt2_lm_dir),
+            "GPT2_NOCHAT": str(gpt2_nochat_dir), "T5": str(t5_dir), "DATA": str(d)}
 
 
 def fill(text: str, values: dict[str, str]) -> str:

@@ -3,6 +3,7 @@ offline (zoo aliases) train a few steps here; the ones that need the Hub stop of
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -37,7 +38,12 @@ def test_shipped_recipe_runs(path, zoo_cache, tmp_path):
     if offline(recipe):
         result = hftl.train(path, overrides=[*FEW_STEPS, f"training.output_dir={out}"])
         assert result.trainer.state.global_step == 2
-        assert 0.0 <= result.metrics["eval_accuracy"] <= 1.0
+        from hftl.tasks import get_task
+
+        headline = "eval_" + next(iter(get_task(recipe.task).metric_names))  # accuracy, perplexity, ...
+        assert math.isfinite(result.metrics[headline]) and result.metrics[headline] >= 0.0
+        if headline == "eval_accuracy":
+            assert result.metrics[headline] <= 1.0
         assert (out / "recipe.yaml").is_file() and (out / "README.md").is_file()
         return
     # Needs the Hub: offline it is one paragraph naming the source, exit 1, nothing written.

@@ -37,11 +37,10 @@ def _format(ds, data) -> str:
         return "prompt_completion"
     column = data.text_column_name or "text"
     if column not in columns:
-        key = "Recipe key 'data.text_column_name'" if data.text_column_name else "The causal-lm data"
         raise HftlError(
-            f"{key}: no column '{column}'; causal-lm data needs a text column (data.text_column_name, default "
-            f"text), 'prompt' + 'completion' columns, or a 'messages' column; columns are: {', '.join(columns)}."
-            f"{did_you_mean(column, columns)}")
+            f"Recipe key 'data.text_column_name' (default text): no column '{column}' in the data; causal-lm data "
+            f"needs a text column, 'prompt' + 'completion' columns, or a 'messages' column; columns are: "
+            f"{', '.join(columns)}.{did_you_mean(column, columns)}")
     return "text"
 
 
