@@ -410,3 +410,40 @@ def test_generation_block_is_refused_for_classification(text_recipe):
 
     with pytest.raises(RecipeError, match=r"'generation' is read by task causal-lm and seq2seq only"):
         load_recipe(text_recipe(generation={"prompts": ["hi"]}))
+
+
+# ----------------------------------------------------------------------------------------------- after training
+
+
+def test_predict_generates_what_the_saved_model_generates(lm_recipe, tmp_path):
+    import hftl
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from hftl.runs.predict import predict
+
+    r = hftl.train(lm_recipe(model={"extra_special_tokens": ["<|tool|>"]}, peft={"method": "lora", "r": 4},
+                             training={"num_train_epochs": 2},
+                             generation={"prompts": ["the cat"], "max_new_tokens": 5, "temperature": 0}))
+    rows = predict(r.output_dir, ["the cat", "the <|tool|> dog"])  # the adapter loads on a base grown to the tokenizer
+    tok = AutoTokenizer.from_pretrained(r.output_dir)
+    model = AutoPeftModelForCausalLM.from_pretrained(r.output_dir).eval()
+    for row in rows:
+        ids = tok(row["input"], return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert row["generated_text"] == tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert rows[0]["generated_text"] == json.loads((r.output_dir / "samples.jsonl").read_text())["completion"]
+    # what does not apply to a text-writing run says so
+    with pytest.raises(HftlError, match=r"hftl eval scores class predictions.*causal-lm run.*metrics.json"):
+        hftl.evaluate(r.output_dir)
+    with pytest.raises(HftlError, match=r"causal-lm run: hftl exports it merged.*not as ONNX"):
+        hftl.export(r.output_dir, onnx=True)
+    with pytest.raises(HftlError, match="Ensembles average class probabilities"):
+        predict([r.output_dir, r.output_dir], ["the cat"])
+    merged = hftl.export(r.output_dir, merge=True)
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(merged).eval()
+    ids = tok("the <|tool|> cat", return_tensors="pt")
+    with torch.no_grad():
+        assert (plain(**ids).logits - model(**ids).logits).abs().max() < 1e-4

@@ -87,7 +87,8 @@ def test_text_scores_by_hand():
 def test_copy_task_is_learned_and_scored_by_generation(s2s_recipe, lm_files):
     import hftl
 
-    r = hftl.train(s2s_recipe(training={"num_train_epochs": 12, "eval_strategy": "epoch"}))
+    r = hftl.train(s2s_recipe(training={"num_train_epochs": 12, "eval_strategy": "epoch"},
+                              generation={"prompts": ["copy : one two three"], "max_new_tokens": 8, "temperature": 0}))
     evals = [h for h in r.trainer.state.log_history if "eval_rougeL" in h]
     assert evals[-1]["eval_rougeL"] > evals[0]["eval_rougeL"] + 20
     assert r.metrics["eval_rouge1"] > 50  # most digits right (their order is what a 2+2-layer T5 learns last)
@@ -108,7 +109,14 @@ def test_copy_task_is_learned_and_scored_by_generation(s2s_recipe, lm_files):
     assert mine["exact_match"] == pytest.approx(r.metrics["eval_exact_match"])
     assert mine["rougeL"] == pytest.approx(r.metrics["eval_rougeL"])
     card = (r.output_dir / "README.md").read_text()
-    assert "pipeline_tag: text2text-generation" in card and "ROUGE-L" in card
+    assert "pipeline_tag: text2text-generation" in card and "ROUGE-L" in card and "## Samples" in card
+    # hftl predict generates what the saved model generates
+    from hftl.runs.predict import predict
+
+    [row] = predict(r.output_dir, ["copy : four five six"])
+    with torch.no_grad():
+        out = model.generate(**tok(["copy : four five six"], return_tensors="pt"), max_new_tokens=8, do_sample=False)
+    assert row["generated_text"] == tok.decode(out[0], skip_special_tokens=True)
 
 
 def test_layer_map_encoder_then_decoder_and_freezing_keeps_the_encoder(s2s_recipe, t5_dir):

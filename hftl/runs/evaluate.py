@@ -196,6 +196,11 @@ def evaluate(run_dirs: str | Path | list, data: str | Path | None = None, output
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     runs = [read_run(d) for d in dirs]
     check_members(runs)
+    if runs[0].task.generates:
+        raise HftlError(f"hftl eval scores class predictions (per-class table, confusion matrix); '{runs[0].path}' is "
+                        f"a {runs[0].task.name} run, which writes text. Its held-out scores are in its metrics.json "
+                        "(eval_loss, eval_perplexity; ROUGE and exact match for seq2seq), written when training ended; hftl "
+                        "predict RUN_DIR PROMPT... generates from it.")
     source = str(data) if data is not None else "the run's validation split"
     ds = labelled_data(runs[0], data)
     scored = [score(r, ds, batch_size) for r in runs]

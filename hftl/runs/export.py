@@ -87,6 +87,11 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
         raise HftlError(f"The prune fraction must be a number strictly between 0 and 1 (the share of Linear/Conv "
                         f"weights set to zero, e.g. 0.5), not {prune!r}.")
     run = _check_run(run_dir, kind)
+    if run.task.generates and kind != "merge":
+        raise HftlError(f"'{run.path}' is a {run.task.name} run: hftl exports it merged (--merge, for adapter runs) "
+                        f"but not as {kind.upper() if kind != 'prune' else 'a pruned model'}, whose checks compare "
+                        "class probabilities; a generating model needs a decoder loop with a KV cache in ONNX "
+                        "(Optimum's ORTModelForCausalLM / ORTModelForSeq2SeqLM export does that).")
     target = Path(to) if to is not None else run.path / ("merged" if kind == "merge" else f"exported-{kind}")
     _check_target(target, run.path)
     model = _load(run)

@@ -77,6 +77,7 @@ def load_model(output_dir: str | Path):
 
         base = models.build_model(task, recipe.model, labels, recipe.data)
         task.configure_model(base, recipe.model)
+        task.reload_base(base, out)
         model = PeftModel.from_pretrained(base, str(out))
     else:
         from hftl.pooling import load_portable, needs_remote_code

@@ -89,15 +89,30 @@ def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
     return out
 
 
+def generate(runs: list[Run], dataset, shown: list[str]) -> list[dict]:
+    """A text-writing run (causal-lm, seq2seq): {"input", "generated_text"} per prompt, decoded as the run's
+    generation block says (seeded sampling, or greedy at temperature 0)."""
+    run = runs[0]
+    if len(runs) > 1:
+        raise HftlError(f"Ensembles average class probabilities; task {run.task.name} writes text: predict with one "
+                        "run dir at a time.")
+    model = load_model(run.path)
+    texts = list(dataset[run.task.input_column(run.recipe.data)])
+    completions = run.task.generate(model, load_processor(run), run.recipe, texts)
+    return [{"input": x, "generated_text": c} for x, c in zip(shown, completions)]
+
+
 def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = None, batch_size: int = 32) -> list[dict]:
     """One dict per input: {"input", "label", "score", "scores": {label: probability}} (NER: "tags", "scores"
-    per word). Several run dirs: the ensemble of their averaged probabilities."""
+    per word; causal-lm and seq2seq: "generated_text"). Several run dirs: the ensemble of their averaged probabilities."""
     import numpy as np
 
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     runs = [read_run(d) for d in dirs]
     check_members(runs)
     dataset, shown = read_inputs(runs[0], list(inputs))
+    if runs[0].task.generates:
+        return generate(runs, dataset, shown)
     members = [run_probabilities(r, dataset, batch_size) for r in runs]
     if len(runs) > 1:
         logger.info("ensemble of %d runs (probabilities averaged): %s", len(runs), ", ".join(str(r.path) for r in runs))

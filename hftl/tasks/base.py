@@ -54,6 +54,9 @@ class Task(ABC):
     # The model's loss is a sum over tokens that the Trainer may normalise by the batch's token count
     # (num_items_in_batch); classification losses are per-example means and must not be.
     token_loss: ClassVar[bool] = False
+    # The model writes text (hftl predict generates; eval, ensembles and the ONNX exports, which score class
+    # probabilities, do not apply).
+    generates: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -76,6 +79,10 @@ class Task(ABC):
         """The Auto class that builds (and reloads) the model for this data; `auto_model` unless the data says
         otherwise (audio as spectrogram images trains an image classifier)."""
         return self.auto_model
+
+    def reload_base(self, model, output_dir) -> None:
+        """Fit a base model rebuilt from the recipe to what the run saved, before its adapter loads onto it
+        (generative tasks: the embeddings grown for new special tokens)."""
 
     def configure_model(self, model, model_section) -> None:
         """Task-specific changes to the freshly loaded model, before the strategy and PEFT see it (e.g. a

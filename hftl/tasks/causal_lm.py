@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from hftl.errors import HftlError, did_you_mean
 from hftl.tasks.base import Task
 from hftl.tasks.generative import (
-    IGNORE, PadCollator, add_perplexity, grow_vocabulary, load_tokenizer, new_embeddings, samples_report,
+    IGNORE, GenerativeTask, PadCollator, add_perplexity, grow_vocabulary, load_tokenizer, new_embeddings,
 )
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -68,7 +68,7 @@ def _check_messages(conversations, split: str) -> None:
             raise HftlError(f"Column 'messages' at {split} row {i} has no assistant turn: nothing to learn from.")
 
 
-class CausalLM(Task):
+class CausalLM(GenerativeTask, Task):
     name = "causal-lm"
     pipeline_tag = "text-generation"
     auto_model = AutoModelForCausalLM
@@ -196,9 +196,6 @@ class CausalLM(Task):
 
     def finish_metrics(self, metrics: dict) -> None:
         add_perplexity(metrics)
-
-    def report(self, model, tokenizer, recipe, out) -> list[str]:
-        return samples_report(model, tokenizer, recipe, out, lambda p: tokenizer(p)["input_ids"])
 
     def describe_preprocessing(self, tokenizer, data) -> str:
         how = f"packed into blocks of {data.max_seq_length} tokens" if data.packing else \

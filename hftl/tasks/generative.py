@@ -43,6 +43,31 @@ def grow_vocabulary(model, tokenizer) -> None:
     logger.info("vocabulary grew from %d to %d tokens: embeddings resized", rows, len(tokenizer))
 
 
+class GenerativeTask:
+    """Mixin of causal-lm and seq2seq: what predicting and reloading a text-writing run means."""
+
+    generates = True
+
+    def encode_prompt(self, tokenizer, data, prompt: str) -> list[int]:
+        return tokenizer(prompt)["input_ids"]
+
+    def reload_base(self, model, output_dir) -> None:
+        from transformers import AutoTokenizer
+
+        grow_vocabulary(model, AutoTokenizer.from_pretrained(output_dir))
+
+    def generate(self, model, tokenizer, recipe, prompts: list[str]) -> list[str]:
+        """`hftl predict`: the completion of each prompt, decoded as the recipe's generation block says (its
+        defaults where it has none)."""
+        from hftl.recipe import GenerationSection
+
+        generation = recipe.generation or GenerationSection()
+        return sample(model, tokenizer, prompts, generation, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
+
+    def report(self, model, tokenizer, recipe, out) -> list[str]:
+        return samples_report(model, tokenizer, recipe, out, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
+
+
 def new_embeddings(model) -> list[str]:
     """Module paths PEFT must train and save because the vocabulary grew: the input embeddings, and the output
     embeddings where they are not tied to them; [] when it did not grow."""

@@ -15,7 +15,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hftl.errors import HftlError, did_you_mean
 from hftl.tasks.base import Task
-from hftl.tasks.generative import IGNORE, add_perplexity, grow_vocabulary, load_tokenizer, new_embeddings, samples_report
+from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_vocabulary, load_tokenizer, new_embeddings
 
 _SOURCES = ("text", "document", "article", "source")
 _TARGETS = ("summary", "target", "highlights")
@@ -46,7 +46,7 @@ def _texts(ds, column: str, split: str, key: str):
     return values
 
 
-class Seq2Seq(Task):
+class Seq2Seq(GenerativeTask, Task):
     name = "seq2seq"
     pipeline_tag = "text2text-generation"
     auto_model = AutoModelForSeq2SeqLM
@@ -138,9 +138,8 @@ class Seq2Seq(Task):
     def finish_metrics(self, metrics: dict) -> None:
         add_perplexity(metrics)
 
-    def report(self, model, tokenizer, recipe, out) -> list[str]:
-        prefix = recipe.data.source_prefix
-        return samples_report(model, tokenizer, recipe, out, lambda p: tokenizer(prefix + p)["input_ids"])
+    def encode_prompt(self, tokenizer, data, prompt: str) -> list[int]:
+        return tokenizer(data.source_prefix + prompt, max_length=data.max_source_length, truncation=True)["input_ids"]
 
     def describe_preprocessing(self, tokenizer, data) -> str:
         prefix = f", source prefix {data.source_prefix!r}" if data.source_prefix else ""
