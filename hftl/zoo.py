@@ -16,6 +16,9 @@ causal LM; `_fortunes`), and two audio sets from the spoken stamp descriptions o
   a stratified 80/20 split (`_spoken_digits`).
 Their `audio` column is a plain string column of absolute file paths (no `datasets.Audio` feature, whose
 decoding needs torchcodec): `hftl.audio.load_clip` decodes and resamples them. Neither has a Hub origin.
+The same package's stamp images make `stamps`: image classification, 6 classes (birds, flowers, fruit, insects,
+mammals, vegetables; fixed folders, `STAMP_CLASSES`), 148 train / 61 validation real cut-out photos and clip-art,
+RGB composited on white at their own sizes (`_stamps_images`).
 
 Every model alias records the Hub id of what it packages (`HUB_IDS`), which runs write as their base model
 (adapter configs, model cards, pushes), so whoever downloads a run can find its base:
@@ -508,6 +511,108 @@ def _spoken_digits(config: str | None):
                        validation=_audio_split([paths[i] for i in val], [digits[i] for i in val], names))
 
 
+# zoo:stamps: (ClassLabel name, folder under TUXPAINT_STAMPS_DIR), in label order. Each folder counts with its
+# subfolders (animals/mammals/bovines, food/fruit/cartoon, ...). A fixed list: a package update that adds folders
+# changes no class, and one that drops a folder is an error.
+STAMP_CLASSES = (
+    ("birds", "animals/birds"), ("flowers", "plants/flowers"), ("fruit", "food/fruit"),
+    ("insects", "animals/insects"), ("mammals", "animals/mammals"), ("vegetables", "food/vegetables"),
+)
+STAMP_VALIDATION = 0.3  # the share of each class that validates (rounded down)
+_RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def stamp_image(path: str):
+    """One stamp as a PIL RGB image at its own size: transparent parts composited onto white (RGBA, LA, and
+    palette images with a transparent index all go through RGBA; L/RGB are opaque), or None if PIL cannot
+    open it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            rgba = im.convert("RGBA")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def stamp_pixels_digest(image) -> str:
+    """sha1 of an RGB image's size and pixels: the same picture however its file is encoded."""
+    return hashlib.sha1(f"{image.size}".encode() + image.tobytes()).hexdigest()
+
+
+def stamps_split() -> tuple[list[tuple[str, int, object]], list[tuple[str, int, object]]]:
+    """(train, validation) of zoo:stamps as (path, label, PIL RGB image) triples; see `_stamps_images`."""
+    root = _stamps("stamps")
+    train, val, seen = [], [], set()
+    for label, (name, folder) in enumerate(STAMP_CLASSES):
+        if not (root / folder).is_dir():
+            raise HftlError(f"The zoo dataset 'zoo:stamps' needs the folder '{root / folder}' (class '{name}'), "
+                            "which is missing; reinstall the Debian package: "
+                            "apt-get install --reinstall tuxpaint-stamps-default")
+        kept = []
+        for path in sorted(str(p) for p in (root / folder).rglob("*")
+                           if p.suffix.lower() in _RASTER_SUFFIXES and p.is_file()):
+            image = stamp_image(path)
+            if image is None:
+                continue
+            digest = stamp_pixels_digest(image)
+            if digest not in seen:  # the same picture twice (any class, any file): the first one in this order
+                seen.add(digest)
+                kept.append((path, label, image))
+        if len(kept) < 10:
+            raise HftlError(f"The zoo dataset 'zoo:stamps' needs at least 10 distinct raster images under "
+                            f"'{root / folder}' (class '{name}'), found {len(kept)}; reinstall the Debian package: "
+                            "apt-get install --reinstall tuxpaint-stamps-default")
+        random.Random(0).shuffle(kept)
+        n_val = int(len(kept) * STAMP_VALIDATION)
+        val += kept[:n_val]
+        train += kept[n_val:]
+    return train, val
+
+
+def _stamps_images(config: str | None):
+    """Image classification on Tux Paint's stamps (Debian `tuxpaint-stamps-default`, /usr/share/tuxpaint/stamps):
+    photos cut out on a transparent background plus some clip-art (`cartoon/` subfolders), one object each,
+    6 classes from the folders of STAMP_CLASSES (each with its subfolders), 209 images:
+
+        birds       animals/birds        38  (27 train / 11 validation)
+        flowers     plants/flowers       25  (18 / 7)
+        fruit       food/fruit           41  (29 / 12)
+        insects     animals/insects      20  (14 / 6)   also spiders, snails, a slug, a woodlouse
+        mammals     animals/mammals      67  (47 / 20)
+        vegetables  food/vegetables      18  (13 / 5)
+        all                             209  (148 / 61)
+
+    Read: the raster files (.png and other PIL formats) of each folder; the SVGs are left out (no SVG decoder
+    here; the PNG that Tux Paint ships next to some SVGs is read), and so are the folders' .ogg/.wav/.txt/.dat
+    files and anything PIL cannot open. Each image is RGB at its own size (29-671 px a side; the model's image
+    processor or `data.image_size` resizes), its transparency composited onto white (`stamp_image`); none is left
+    out for being small (the vegetables are mostly ~50-70 px photos, the only copy of each).
+    Duplicates: an image whose decoded pixels (after compositing) equal an earlier one's -- walking the classes in
+    label order, each folder's paths sorted as strings -- is skipped, so no picture is in both splits or in two
+    classes. Package 2022.06.04 has none, nor near-copies (mirrored or resized ones, looked for by a 16x16
+    thumbnail distance with flips, then by eye).
+    Split: per class, the kept images in that order, shuffled with `random.Random(0)` (a fresh one per class);
+    the first 30% (rounded down) validate, the rest train (`stamps_split`). Both splits list the classes in label
+    order. Small and varied, nearer to ImageNet than digits: a real benchmark for transfer, not a large one.
+    No Hub origin.
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+
+    _no_config("stamps", config)
+    names = [name for name, _ in STAMP_CLASSES]
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+
+    def build(rows):
+        return Dataset.from_dict({"image": [im for _, _, im in rows], "label": [lb for _, lb, _ in rows]},
+                                 features=features)
+
+    train, val = stamps_split()
+    return DatasetDict(train=build(train), validation=build(val))
+
+
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # The plain files of FORTUNES_DIR as Debian's `fortunes` ships them, with its dependency `fortunes-min` (fortunes,
 # literature, riddles), sorted by name: a fixed list, so other fortune packages that add files to the same folder
@@ -583,7 +688,8 @@ def _fortunes(config: str | None):
 
 
 DATASETS = {"tweets-sentiment": _tweets, "fashion-mnist": _fashion_mnist, "digits": _digits,
-            "spoken-language": _spoken_language, "spoken-digits": _spoken_digits, "fortunes": _fortunes}
+            "spoken-language": _spoken_language, "spoken-digits": _spoken_digits, "fortunes": _fortunes,
+            "stamps": _stamps_images}
 
 
 def _lookup(table: dict, name: str, kind: str):

