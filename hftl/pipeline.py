@@ -110,7 +110,11 @@ def setup(recipe: Recipe) -> Setup:
                 config.base_model_name_or_path = origin
     training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
     args_class = task.trainer_classes()[1]
-    args = args_class(**{**task.training_defaults(recipe.data, recipe.generation), **training})
+    defaults = task.training_defaults(recipe.data, recipe.generation)
+    reg = recipe.regularization
+    if reg.label_smoothing and not reg.mixing:  # with mixup / cutmix it is folded into the mixed targets
+        defaults["label_smoothing_factor"] = reg.label_smoothing
+    args = args_class(**{**defaults, **training})
     plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
     train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
     from hftl.preflight import check_first_step
@@ -163,7 +167,9 @@ def _feature_cache(recipe: Recipe, task, model, plan, collator, args):
     mode = recipe.strategy.cache_features
     if mode is False:
         return None
-    reason = why_not(model, plan, recipe.strategy, task.augmenting(recipe.data))
+    reason = why_not(model, plan, recipe.strategy, task.augmenting(recipe.data) or recipe.regularization.mixing)
+    if reason is None and recipe.eval_tta:
+        reason = "eval_tta evaluates the backbone on flipped images"
     if reason is not None:
         if mode is True:
             raise HftlError(f"Recipe key 'strategy.cache_features' is true but {reason}.")
@@ -205,6 +211,8 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
         raise Interrupted(
             f"Training stopped by signal {stop.signum} at step {trainer.state.global_step}; checkpoint saved in "
             f"'{out}'. Resume with training.resume_from_checkpoint=true.", stop.signum)
+    if trainer.ema is not None:  # the average is what the run evaluates and saves
+        trainer.ema.copy_to_model()
     metrics = trainer.evaluate()
     if s.cache is not None:  # the real backbone forward again: the returned/saved model is a normal one
         s.cache.restore()
@@ -243,12 +251,25 @@ def _make_trainer(s: Setup):
             s.cache = None
     base = s.task.trainer_classes()[0]
     cls = HftlTrainer if issubclass(HftlTrainer, base) else type(f"Hftl{base.__name__}", (HftlTrainer, base), {})
-    return cls(
+    reg = s.recipe.regularization
+    mixer = None
+    if reg.mixing:
+        from hftl.mixing import BatchMixer
+
+        mixer = BatchMixer(reg, len(s.splits.label_names))
+    trainer = cls(
         model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=collator, processing_class=s.processor, compute_metrics=s.task.metrics_for(s.splits.label_names, s.processor),
         preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics,
         callbacks=s.plan.callbacks, plan=s.plan,
-        on_nan_loss=s.recipe.on_nan_loss, task=s.task)
+        on_nan_loss=s.recipe.on_nan_loss, task=s.task, batch_transform=mixer, eval_tta=s.recipe.eval_tta)
+    if s.recipe.ema is not None:
+        from hftl.ema import WeightEma
+
+        # after the Trainer placed the model on its device; the EMA copy lives there too
+        trainer.ema = WeightEma(trainer.model, s.recipe.ema.decay, s.recipe.ema.update_after_step)
+        trainer.add_callback(trainer.ema)
+    return trainer
 
 
 def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
@@ -291,9 +312,27 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
 
 
 def _task_report(s: Setup, trainer) -> list[str]:
-    """The task's own outputs after training (sampled completions), as card lines."""
+    """The task's own outputs after training (sampled completions) and the regularizers that ran, as card lines."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return s.task.report(model, s.processor, s.recipe, s.recipe.output_dir)
+    return _regularizer_notes(s.recipe) + s.task.report(model, s.processor, s.recipe, s.recipe.output_dir)
+
+
+def _regularizer_notes(recipe: Recipe) -> list[str]:
+    reg, notes = recipe.regularization, []
+    if reg.mixing:
+        notes.append(f"- Mixed training batches (timm Mixup): mixup alpha {reg.mixup}, cutmix alpha {reg.cutmix}, "
+                     f"{reg.mix_prob:.0%} of batches, cutmix share {reg.switch_prob}; soft-target cross-entropy"
+                     f"{f', label smoothing {reg.label_smoothing} in the targets' if reg.label_smoothing else ''}.")
+    elif reg.label_smoothing:
+        notes.append(f"- Label smoothing {reg.label_smoothing} (TrainingArguments.label_smoothing_factor).")
+    if recipe.ema is not None:
+        notes.append(f"- **Weights: the exponential moving average** (decay {recipe.ema.decay}, from step "
+                     f"{recipe.ema.update_after_step + 1}) of the training weights, updated every optimizer step: "
+                     "the evaluations above and the saved model use the average, not the last step's weights.")
+    if recipe.eval_tta:
+        notes.append(f"- Evaluation averages class probabilities over the image and its {' and '.join(recipe.eval_tta)} "
+                     "(test-time augmentation); the saved model and `pipeline()` see each image once.")
+    return ["", "## Regularization", "", *notes] if notes else []
 
 
 def _evaluation_report(s: Setup, trainer, metrics: dict) -> dict | None:

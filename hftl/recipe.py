@@ -90,11 +90,28 @@ class ModelSection(Section):
         return data
 
 
+_POLICY = re.compile(r"^(?:(?:rand|augmix)(?:-[a-z]+[\d.]*)*|(?:original|originalr|v0|v0r|3a)(?:-mstd[\d.]+)?|trivial)$")
+
+
 class AugmentSection(Section):
     random_resized_crop: bool = Field(True, description="RandomResizedCrop to the model's input size (else resize + center crop).")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="Area range of RandomResizedCrop.")
     horizontal_flip: bool = Field(True, description="Random horizontal flip.")
     color_jitter: float = Field(0.0, ge=0.0, description="Brightness/contrast/saturation jitter strength (0 = off).")
+    policy: str | None = Field(None, description="An automatic augmentation policy, in timm's strings: "
+                               "rand-m9-mstd0.5 (RandAugment), augmix-m5-w3 (AugMix), original / 3a (AutoAugment), "
+                               "or trivial (TrivialAugmentWide).")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="Probability of timm's RandomErasing (per-pixel "
+                                  "noise in a random box, after normalisation; 0 = off).")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v):
+        if v is None or _POLICY.match(v):
+            return v
+        raise ValueError(f"{v!r} is not an augmentation policy; allowed: rand-<options> (e.g. rand-m9-mstd0.5), "
+                         "augmix-<options> (e.g. augmix-m5-w3), original, originalr, v0, v0r, 3a (AutoAugment, "
+                         "optionally -mstd0.5), trivial")
 
     @field_validator("crop_scale")
     @classmethod
@@ -364,6 +381,36 @@ class HubSection(Section):
         return self
 
 
+class RegularizationSection(Section):
+    """Regularizers for small data: label smoothing (any classifier) and mixup / cutmix of image batches."""
+
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing: TrainingArguments' "
+                                   "label_smoothing_factor, or folded into the mixed targets with mixup / cutmix.")
+    mixup: float = Field(0.0, ge=0.0, description="Mixup alpha: image pairs and their targets mixed with a weight "
+                         "drawn from Beta(alpha, alpha) (timm.data.Mixup; 0 = off).",
+                         json_schema_extra={"tasks": ["image-classification"]})
+    cutmix: float = Field(0.0, ge=0.0, description="CutMix alpha: a box of one image pasted into another, targets "
+                          "mixed by area (0 = off). With mixup too, each batch is one or the other (switch_prob).",
+                          json_schema_extra={"tasks": ["image-classification"]})
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="Share of training batches mixed.",
+                            json_schema_extra={"tasks": ["image-classification"]})
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="With both: the share of mixed batches that use "
+                               "cutmix.", json_schema_extra={"tasks": ["image-classification"]})
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+
+class EmaSection(Section):
+    """An exponential moving average of the weights (timm.utils.ModelEmaV3), updated after every optimizer step;
+    evaluation, the saved model and the card use the average."""
+
+    decay: float = Field(0.999, gt=0.0, lt=1.0, description="ema = decay * ema + (1 - decay) * weights, every step.")
+    update_after_step: NonNegativeInt = Field(0, description="Steps before averaging starts (the average follows the "
+                                              "weights until then).")
+
+
 class GenerationSection(Section):
     """Sampled completions after training (causal LM) and the decoding of generation-based evaluation (seq2seq)."""
 
@@ -389,6 +436,12 @@ class Recipe(Section):
     hub: HubSection = Field(default_factory=HubSection)
     generation: GenerationSection | None = Field(None, description="Generative tasks: prompts sampled after training, "
                                                  "decoding settings.", json_schema_extra={"tasks": ["causal-lm", "seq2seq"]})
+    regularization: RegularizationSection = Field(default_factory=RegularizationSection)
+    ema: EmaSection | None = Field(None, description="Average the weights over training steps (EMA); the average is "
+                                   "what the run evaluates and saves.")
+    eval_tta: list[Literal["hflip", "vflip"]] = Field(
+        default_factory=list, description="Test-time augmentation at evaluation: class probabilities averaged over "
+        "the image and these flips of it.", json_schema_extra={"tasks": ["image-classification"]})
     seed: int = Field(42, description="Seed for data splits, head init and training.")
     overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty training.output_dir.")
     on_nan_loss: Literal["stop", "skip"] = Field(
@@ -667,6 +720,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
             problems.append(f"Recipe key 'hub.upload' is '{recipe.hub.upload}' but peft.merge is false: the merged "
                             "model is only written with peft.merge: true.")
     problems += _check_sharding(recipe)
+    problems += _check_regularization(recipe)
     if not problems:
         problems += _check_training_values(recipe.training)
     return problems
@@ -678,10 +732,10 @@ def _task_keys(recipe: Recipe) -> list[str]:
     problems = []
     for key, field in Recipe.model_fields.items():
         tasks = (field.json_schema_extra or {}).get("tasks")
-        if tasks and recipe.task not in tasks and getattr(recipe, key) is not None:
+        if tasks and recipe.task not in tasks and getattr(recipe, key) not in (None, []):
             problems.append(f"Recipe key '{key}' is read by task {' and '.join(tasks)} only; this recipe's task is "
                             f"{recipe.task}: remove the key or change the task.")
-    for section_name in ("model", "data"):
+    for section_name in ("model", "data", "regularization"):
         section = getattr(recipe, section_name)
         for key in sorted(section.model_fields_set):
             field = type(section).model_fields[key]
@@ -690,6 +744,18 @@ def _task_keys(recipe: Recipe) -> list[str]:
             if tasks and recipe.task not in tasks and getattr(section, key) != default:  # saved recipes list defaults
                 problems.append(f"Recipe key '{section_name}.{key}' is read by task {' and '.join(tasks)} only; this "
                                 f"recipe's task is {recipe.task}: remove the key or change the task.")
+    return problems
+
+
+def _check_regularization(recipe: Recipe) -> list[str]:
+    problems = []
+    smoothing = recipe.training.get("label_smoothing_factor")
+    if recipe.regularization.label_smoothing and smoothing not in (None, 0, 0.0):
+        problems.append(f"Recipe keys 'regularization.label_smoothing' ({recipe.regularization.label_smoothing}) and "
+                        f"'training.label_smoothing_factor' ({smoothing}) say the same thing: give one of them.")
+    if recipe.ema is not None and (recipe.training.get("fsdp") or _zero_stage(recipe.training) == 3):
+        problems.append("Recipe key 'ema' needs every weight on every rank; FSDP and ZeRO-3 shard them: use DDP "
+                        "(or ZeRO-1/2), or remove ema.")
     return problems
 
 

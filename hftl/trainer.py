@@ -12,11 +12,14 @@ The changes, each for a trap the plain Trainer has in transfer learning:
   already normalised (it would then skip the gradient-accumulation division and, with
   average_tokens_across_devices, multiply the loss by world_size); language-model losses
   (`Task.token_loss`) take it, so tokens weigh the same across accumulated micro-batches;
-- metrics derived from the Trainer's own (perplexity from eval_loss) join every evaluation's logs.
+- metrics derived from the Trainer's own (perplexity from eval_loss) join every evaluation's logs;
+- optional small-data regularizers: mixed training batches with their soft-target loss (`batch_transform`),
+  evaluation on the weight average (`ema`), class probabilities averaged over flipped images (`eval_tta`).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -45,11 +48,15 @@ class PortableCheckpoints(TrainerCallback):
 
 
 class HftlTrainer(Trainer):
-    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, **kwargs):
+    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, batch_transform=None,
+                 eval_tta: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
         self.on_nan_loss = on_nan_loss
         self.task = task
+        self.batch_transform = batch_transform  # e.g. mixing.BatchMixer: training batches only
+        self.eval_tta = list(eval_tta or [])
+        self.ema = None  # ema.WeightEma, set by the pipeline once the model is on its device
         self.skipped_steps = 0
         if task is None or not task.token_loss:
             self.model_accepts_loss_kwargs = False
@@ -65,7 +72,14 @@ class HftlTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if self.ema is not None and isinstance(resume_from_checkpoint, (str, Path)):
+            self.ema.resume(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.batch_transform is not None:
+            inputs = self.batch_transform(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.plan is not None:
             self.plan.trainable.after_backward()
@@ -96,8 +110,33 @@ class HftlTrainer(Trainer):
         the Trainer's own learning_rate is every group's (a LoRA run on 30 blocks would log 30 equal lines)."""
         return len({a.lr for a in self.plan.lrs.values()}) > 1 or bool(self.plan.callbacks)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        if labels is None or not labels.is_floating_point() or labels.ndim != 2:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # soft targets (mixup / cutmix): the model's own loss would read float labels as multi-label (BCE)
+        from hftl.mixing import soft_target_loss
+
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = soft_target_loss(outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
     def evaluate(self, *args, **kwargs):
         dev = self.args.device
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), (self.ema.swapped() if self.ema is not None else nullcontext()):
             return super().evaluate(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if not self.eval_tta or "pixel_values" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        rest = {k: v for k, v in inputs.items() if k not in ("labels", "pixel_values")}
+        x = inputs["pixel_values"]
+        views = [x] + [x.flip(-1 if t == "hflip" else -2) for t in self.eval_tta]
+        with torch.no_grad():
+            probs = torch.stack([model(pixel_values=v, **rest).logits.float().softmax(-1) for v in views]).mean(0)
+        logits = probs.clamp_min(1e-12).log()  # log of the averaged probabilities: argmax and loss follow them
+        loss = torch.nn.functional.nll_loss(logits, labels) if labels is not None else None
+        return (loss, None, None) if prediction_loss_only else (loss, logits, labels)

@@ -97,8 +97,10 @@ def preprocessing_of(processor) -> Preprocessing:
 
 
 def train_transforms(pre: Preprocessing, augment):
-    """torchvision augmentation at the processor's size (evaluation runs the processor itself)."""
-    steps = [T.ToImage()]
+    """Train-time augmentation at the processor's size, in timm's order (evaluation runs the processor itself):
+    crop and flip, then colour jitter and the automatic policy (on PIL images), then to a normalised tensor,
+    then random erasing."""
+    steps = []
     if augment.random_resized_crop:
         steps.append(T.RandomResizedCrop(pre.size, scale=augment.crop_scale, interpolation=pre.interpolation, antialias=True))
     else:
@@ -108,14 +110,68 @@ def train_transforms(pre: Preprocessing, augment):
     if augment.color_jitter:
         j = augment.color_jitter
         steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    if augment.policy:
+        steps.append(policy_transform(augment.policy, pre))
+    steps += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    if augment.random_erasing:
+        from timm.data.random_erasing import RandomErasing
+
+        steps.append(RandomErasing(probability=augment.random_erasing, mode="pixel", device="cpu"))
     return T.Compose(steps)
+
+
+def policy_transform(policy: str, pre: Preprocessing):
+    """timm's RandAugment / AugMix / AutoAugment for a policy string (hyper-parameters as timm's
+    create_transform sets them: translation 45% of the image side, fill with the mean colour), or torchvision's
+    TrivialAugmentWide for `trivial`."""
+    from PIL import Image as PILImage
+
+    if policy == "trivial":
+        return T.TrivialAugmentWide(interpolation=pre.interpolation)
+    from timm.data import auto_augment as aa
+    from timm.data.transforms import str_to_pil_interp
+
+    params = {"translate_const": int(min(pre.size) * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in pre.mean)}
+    if pre.interpolation.value in ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"):
+        params["interpolation"] = str_to_pil_interp(pre.interpolation.value)
+    try:
+        if policy.startswith("rand"):
+            tf = aa.rand_augment_transform(policy, params)
+        elif policy.startswith("augmix"):
+            tf = aa.augment_and_mix_transform(policy, {**params, "translate_pct": 0.3})
+        else:
+            tf = aa.auto_augment_transform(policy, params)
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        raise HftlError(f"Recipe key 'data.augment.policy': timm cannot build {policy!r} ({e or type(e).__name__}); "
+                        "e.g. rand-m9-mstd0.5, augmix-m5-w3, original, trivial.") from None
+
+    _safe_posterize(tf, aa)
+
+    def on_rgb(image):  # timm's ops take RGB PIL images
+        return tf(image if isinstance(image, PILImage.Image) else T.functional.to_pil_image(image))
+
+    return T.Lambda(on_rgb)
+
+
+def _safe_posterize(tf, aa) -> None:
+    """timm's increasing posterize keeps 0 bits at the top magnitude, which Pillow refuses (ValueError mid-epoch):
+    keep at least 1 bit, the nearest valid image."""
+    from PIL import ImageOps
+
+    def posterize(img, bits, **kw):
+        return img if bits >= 8 else ImageOps.posterize(img, max(1, int(bits)))
+
+    ops = list(getattr(tf, "ops", []) or []) + [op for sub in getattr(tf, "policy", []) or [] for op in sub]
+    for op in ops:
+        if getattr(op, "aug_fn", None) is aa.posterize:
+            op.aug_fn = posterize
 
 
 def _augmenting(data) -> bool:
     """Whether training sees random transforms (then features cannot be cached)."""
     aug = data.augment
-    return bool(aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0)
+    return bool(aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0 or aug.policy
+                or aug.random_erasing > 0)
 
 
 def _check_images(ds, column: str, split: str):
@@ -192,8 +248,10 @@ def _describe_preprocessing(processor, data) -> str:
     aug = data.augment
     crop = f" -> center crop {p.size}" if p.resize != p.size else ""
     return (f"{type(processor).__name__}: resize {p.resize}{crop}, {p.interpolation.value}, mean {p.mean}, std {p.std}; "
-            f"train augmentation: random_resized_crop={aug.random_resized_crop}, horizontal_flip={aug.horizontal_flip}, "
-            f"color_jitter={aug.color_jitter}")
+            f"train augmentation: random_resized_crop={aug.random_resized_crop}"
+            f"{f' (scale {tuple(aug.crop_scale)})' if aug.random_resized_crop else ''}, "
+            f"horizontal_flip={aug.horizontal_flip}, color_jitter={aug.color_jitter}, policy={aug.policy or 'none'}, "
+            f"random_erasing={aug.random_erasing}")
 
 
 def _prepare_inputs(dataset, processor, data):

@@ -1,0 +1,86 @@
+"""An exponential moving average of the weights (timm's ModelEmaV3), kept beside the model the Trainer trains.
+
+Updated after every optimizer step (a callback), swapped into the model for evaluation, copied into it for good
+when training ends (the average is what the run saves), and stored in each checkpoint (`ema.safetensors`) so a
+resumed run continues the same average. Under DDP every rank averages the same synchronised weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger("hftl")
+FILE = "ema.safetensors"
+
+
+def _has_tied(model) -> bool:
+    return len(list(model.named_parameters(remove_duplicate=False))) > len(list(model.parameters()))
+
+
+class WeightEma(TrainerCallback):
+    def __init__(self, model, decay: float, update_after_step: int = 0):
+        from timm.utils import ModelEmaV3
+
+        self.model = model
+        # Buffers (BatchNorm statistics) are averaged too, as timm does, unless weights are tied: ModelEmaV3 walks
+        # the state dict, where a tied tensor appears under both names and would be averaged twice per step.
+        self.ema = ModelEmaV3(model, decay=decay, update_after_step=update_after_step, exclude_buffers=_has_tied(model))
+        self.decay = decay
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ema.update(self.model, step=state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():
+            from safetensors.torch import save_model
+
+            from hftl.runs.outputs import fix_modes
+
+            save_model(self.ema.module, str(ckpt / FILE))
+            fix_modes(ckpt)
+
+    def resume(self, checkpoint: str | Path) -> None:
+        path = Path(checkpoint) / FILE
+        if not path.is_file():
+            logger.warning("%s has no %s: the weight average restarts from the resumed weights", checkpoint, FILE)
+            self._restart = True
+            return
+        from safetensors.torch import load_model
+
+        load_model(self.ema.module, str(path))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if getattr(self, "_restart", False):  # the checkpoint's weights are loaded by now
+            self.ema.set(self.model)
+            self._restart = False
+
+    @contextmanager
+    def swapped(self):
+        """The average in the model's tensors for the duration (evaluation), the trained weights back after."""
+        pairs = _float_pairs(self.model, self.ema.module)
+        kept = [m.detach().clone() for m, _ in pairs]
+        with torch.no_grad():
+            for m, e in pairs:
+                m.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (m, _), k in zip(pairs, kept):
+                    m.copy_(k)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for m, e in _float_pairs(self.model, self.ema.module):
+            m.copy_(e)
+
+
+def _float_pairs(model, ema_module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(m, e) for m, e in zip(model.state_dict().values(), ema_module.state_dict().values())
+            if m.is_floating_point()]
