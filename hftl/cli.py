@@ -1,4 +1,4 @@
-"""`hftl train|validate|plan|predict|eval|export|push`: the console script. Errors are one paragraph, exit code 1."""
+"""`hftl train|validate|plan|lr-find|predict|eval|export|push`: the console script. Errors are one paragraph, exit code 1."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("overrides", nargs="*", help="dotted.key=value overrides, typed like YAML")
         if name == "train":
             c.add_argument("--dry-run", action="store_true", help="build everything, print the plan, do not train")
+    f = sub.add_parser("lr-find", help="learning-rate range test (fastai's) through the recipe's own Trainer")
+    f.add_argument("recipe", help="recipe YAML file")
+    f.add_argument("overrides", nargs="*", help="dotted.key=value overrides, typed like YAML")
+    f.add_argument("--start-lr", type=float, default=1e-7)
+    f.add_argument("--end-lr", type=float, default=10.0)
+    f.add_argument("--steps", type=int, default=100, help="optimizer steps (the test stops early when the loss diverges)")
+    f.add_argument("--output", default="lr_find.png", help="the plot (its numbers go beside it as .json)")
     r = sub.add_parser("predict", help="run a trained run (or an ensemble of runs) on new inputs")
     r.add_argument("paths", nargs="+", metavar="RUN_DIR... INPUT...",
                    help="one or more run dirs (several: an ensemble), then files, folders, data files or texts")
@@ -70,6 +77,15 @@ def _run(args) -> int:
         # interpreter shutdown (pytorch/pytorch#179291) and the run exits non-zero.
         result.trainer.accelerator.end_training()
         return 1 if result.push_error else 0
+    if args.command == "lr-find":
+        from hftl.lr_range import lr_find
+
+        result = lr_find(args.recipe, args.overrides, start_lr=args.start_lr, end_lr=args.end_lr,
+                         num_steps=args.steps, output=args.output)
+        suggested = f"{result.suggestion:.3g}" if result.suggestion else "none (too few points: raise --steps)"
+        print(f"suggested training.learning_rate: {suggested}  ({len(result.lrs)} steps, "
+              f"{result.lrs[0]:.1e} .. {result.lrs[-1]:.1e}; plot: {result.files['plot']})")
+        return 0
     if args.command == "predict":
         return _predict(args)
     if args.command == "eval":

@@ -251,3 +251,57 @@ def test_eval_tta_is_for_images_only(text_recipe):
 
     with pytest.raises(HftlError, match=r"'eval_tta' is read by task image-classification only"):
         load_recipe(text_recipe(eval_tta=["hflip"]))
+
+
+# ----------------------------------------------------------------------------------------------- lr-find
+
+
+def test_lr_find_respects_the_groups_and_leaves_the_model_untouched(image_recipe, tmp_path):
+    import hftl
+
+    recipe = image_recipe(strategy={"discriminative_lr": {"layer_decay": 0.5}}, training={"learning_rate": 1e-3})
+    seen = []
+    from transformers import TrainerCallback
+
+    class Groups(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kw):
+            seen.append(sorted({g["lr"] for g in optimizer.param_groups if g["params"]}))
+
+    import hftl.lr_range as lf
+
+    original = lf._Recorder.__init__
+
+    def init(self, trainer, *a, **k):
+        original(self, trainer, *a, **k)
+        trainer.add_callback(Groups())
+
+    lf._Recorder.__init__ = init
+    try:
+        result = hftl.lr_find(recipe, start_lr=1e-6, end_lr=1.0, num_steps=30, output=tmp_path / "lr.png")
+    finally:
+        lf._Recorder.__init__ = original
+    fresh = _setup(recipe).model.state_dict()  # what setup() builds (seeded head)
+    after = result.model.state_dict()
+    assert all(torch.equal(after[k], fresh[k]) for k in fresh)  # bit-identical: the test trained a copy's worth
+    assert result.lrs[0] == pytest.approx(1e-6) and result.lrs == sorted(result.lrs)
+    for lrs in seen:  # every group keeps its layer-decay ratio to the base learning rate
+        assert all(b / a == pytest.approx(2.0) for a, b in zip(lrs, lrs[1:]))
+    assert result.suggestion is None or 1e-6 <= result.suggestion <= 1.0
+    assert (tmp_path / "lr.png").stat().st_size > 1000 and json.loads((tmp_path / "lr.json").read_text())["lrs"]
+    assert not (tmp_path / "out").exists()  # nothing in the recipe's output dir
+
+
+def test_lr_find_cli_stops_when_the_loss_diverges(image_recipe, tmp_path):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(image_recipe()))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "hftl.cli", "lr-find", str(path), "--start-lr", "1e-5",
+                           "--end-lr", "1e4", "--steps", "60", "--output", str(tmp_path / "curve.png")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "suggested training.learning_rate:" in proc.stdout
+    data = json.loads((tmp_path / "curve.json").read_text())
+    assert len(data["lrs"]) < 60  # stopped early: at 1e4 the loss explodes
