@@ -12,6 +12,10 @@ frozen backbone runs during training too) and the head trains on them through th
 
 The parameters are never touched: checkpoints and the saved model are the normal full model, and
 `restore()` puts the real forward back. Same seed -> same data order -> the same head as without the cache.
+
+The features also go to disk (hftl/feature_store.py), keyed by the backbone's weights and the exact inputs it
+is fed: a later run of the same backbone on the same data (another head learning rate, seed, epochs) reads
+them instead of running the backbone.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _batches(dataset, collator, batch_size):
 class FeatureCache:
     """Computes the backbone outputs of train + eval once and serves them by example index."""
 
-    def __init__(self, model: nn.Module, collator, batch_size: int = 64):
+    def __init__(self, model: nn.Module, collator, batch_size: int = 64, persist: bool = True):
         self.task = unwrap(model)
         self.collator = collator
         self.batch_size = batch_size
@@ -76,27 +80,58 @@ class FeatureCache:
         self.backbone = self.task.timm_model if self.timm else _backbone(self.task)
         self.store: dict[str, list[torch.Tensor]] = {}
         self._patched = False
+        self.hits = 0  # splits served from the on-disk feature cache
+        self.model_name = getattr(getattr(self.task, "config", None), "_name_or_path", "") or type(self.task).__name__
+        from hftl import feature_store
+
+        self.model_key = None
+        if persist and feature_store.root() is not None:
+            from hftl.pooling import pooling_of
+
+            self.model_key = feature_store.model_digest(self.backbone, self.task, pooling_of(model))
+
+    def _inputs(self, dataset):
+        """(indices, backbone inputs on the device, their labels) per batch; per-token labels lose the padding."""
+        device = next(self.task.parameters()).device
+        for idx, batch in _batches(dataset, self.collator, self.batch_size):
+            labels = batch.pop("labels").tolist()
+            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else None
+            if lengths is not None and labels and isinstance(labels[0], list):
+                labels = [row[: int(n)] for row, n in zip(labels, lengths)]
+            yield idx, batch, labels, lengths
 
     @torch.no_grad()
     def _compute(self, dataset) -> tuple[int, list]:
-        device = next(self.task.parameters()).device
+        start = len(next(iter(self.store.values()), []))
+        labels, key = [None] * len(dataset), None
+        if self.model_key is not None:  # the on-disk entry for exactly these inputs to exactly this backbone
+            from hftl import feature_store
+
+            digest = feature_store.InputDigest(self.model_key)
+            for idx, batch, batch_labels, _ in self._inputs(dataset):
+                digest.add(idx, batch)
+                for i, label in zip(idx, batch_labels):
+                    labels[i] = label
+            key = digest.key()
+            cached = feature_store.load(key)
+            if cached is not None and all(len(rows) == len(dataset) for rows in cached.values()):
+                logger.info("backbone features of %d examples read from the feature cache (%s)", len(dataset), key[:12])
+                self.hits += 1
+                for k, rows in cached.items():
+                    self.store.setdefault(k, []).extend(rows)
+                return start, labels
         was_training = self.backbone.training
         self.backbone.eval()
-        start = len(next(iter(self.store.values()), []))
-        labels, rows_by_key = [None] * len(dataset), {}
-        for idx, batch in _batches(dataset, self.collator, self.batch_size):
-            for i, label in zip(idx, batch.pop("labels").tolist()):
+        rows_by_key = {}
+        for idx, batch, batch_labels, lengths in self._inputs(dataset):
+            for i, label in zip(idx, batch_labels):
                 labels[i] = label
-            batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
             if self.timm:
                 feats = {"pixel_values": self.backbone.forward_features(batch["pixel_values"])}
             else:
                 out = self.backbone(**batch, return_dict=True)
                 feats = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-            lengths = batch["attention_mask"].sum(1).tolist() if "attention_mask" in batch else None
-            if lengths is not None and isinstance(labels[idx[0]], list):  # per-token labels: drop the padding too
-                for j, i in enumerate(idx):
-                    labels[i] = labels[i][: int(lengths[j])]
             for k, v in feats.items():
                 rows = rows_by_key.setdefault(k, [None] * len(dataset))
                 for j, i in enumerate(idx):
@@ -107,6 +142,10 @@ class FeatureCache:
         for k, rows in rows_by_key.items():
             self.store.setdefault(k, []).extend(rows)
         self.backbone.train(was_training)
+        if key is not None:
+            from hftl import feature_store
+
+            feature_store.save(key, rows_by_key, {"model": self.model_name, "examples": str(len(dataset))})
         return start, labels
 
     def datasets(self, train, evaluation) -> tuple[Dataset, Dataset]:

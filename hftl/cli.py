@@ -1,4 +1,4 @@
-"""`hftl train|validate|plan|lr-find|predict|eval|export|push`: the console script. Errors are one paragraph, exit code 1."""
+"""`hftl train|validate|plan|lr-find|predict|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--int8", action="store_true", help="ONNX with dynamic INT8 linear layers: size, latency, accuracy")
     kind.add_argument("--prune", type=float, metavar="FRACTION", help="global magnitude pruning of linear/conv weights")
     e.add_argument("--to", default=None, help="target folder (default <output_dir>/merged or exported-<kind>)")
+    c = sub.add_parser("cache", help="the on-disk feature cache ($HFTL_CACHE/features): list or empty it")
+    c.add_argument("action", choices=("info", "clear"))
     u = sub.add_parser("push", help="push an output dir to the Hugging Face Hub")
     u.add_argument("output_dir")
     u.add_argument("--repo-id", required=True)
@@ -103,6 +105,15 @@ def _run(args) -> int:
         from hftl.runs.export import export
 
         print(export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune, to=args.to))
+        return 0
+    if args.command == "cache":
+        from hftl import feature_store
+
+        if args.action == "clear":
+            n, size = feature_store.clear()
+            print(f"removed {n} feature cache entries ({size / 2**20:.1f} MB) from {feature_store.root()}")
+        else:
+            print(feature_store.info())
         return 0
     if args.command == "push":
         from hftl.runs.hub import push_output_dir
