@@ -64,9 +64,7 @@ def build_peft_model(model: nn.Module, section, task_type: str | None, head: lis
     save = head if save is None else save
     if "modules_to_save" in fields and (save or kwargs.get("modules_to_save")):
         kwargs["modules_to_save"] = sorted(set(kwargs.get("modules_to_save") or []) | set(save))
-        tied = getattr(model.get_output_embeddings(), "weight", None) is getattr(model.get_input_embeddings(), "weight", 0) \
-            if hasattr(model, "get_output_embeddings") else False
-        if tied and "ensure_weight_tying" in fields:
+        if _tied_embeddings(model) and "ensure_weight_tying" in fields:
             kwargs.setdefault("ensure_weight_tying", True)  # the trained embedding copy is the head's too
     if task_type is not None:
         kwargs["task_type"] = task_type
@@ -104,3 +102,13 @@ def adapter_summary(model) -> dict:
     out["total_params"] = total
     out["trainable_percent"] = round(100 * trainable / max(total, 1), 4)
     return out
+
+
+def _tied_embeddings(model) -> bool:
+    """The output embeddings (LM head) are the input embeddings' parameter; False for models without either
+    (vision models raise NotImplementedError for get_input_embeddings)."""
+    try:
+        out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return False
+    return out is not None and inp is not None and getattr(out, "weight", None) is getattr(inp, "weight", 0)

@@ -313,8 +313,13 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
 
 def _task_report(s: Setup, trainer) -> list[str]:
     """The task's own outputs after training (sampled completions) and the regularizers that ran, as card lines."""
+    from hftl.runs.outputs import write_text
+
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return _regularizer_notes(s.recipe) + s.task.report(model, s.processor, s.recipe, s.recipe.output_dir)
+    lines, files = s.task.report(model, s.processor, s.recipe)
+    for name, text in files.items():
+        write_text(s.recipe.output_dir / name, text)
+    return _regularizer_notes(s.recipe) + lines
 
 
 def _regularizer_notes(recipe: Recipe) -> list[str]:

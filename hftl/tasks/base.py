@@ -185,9 +185,10 @@ class Task(ABC):
         """TrainingArguments values the task sets unless the recipe does (seq2seq: predict_with_generate)."""
         return {}
 
-    def report(self, model, processor, recipe, out) -> list[str]:
-        """Task outputs written after training (e.g. sampled completions) -> markdown lines for the card."""
-        return []
+    def report(self, model, processor, recipe) -> tuple[list[str], dict[str, str]]:
+        """What the task adds after training (e.g. sampled completions): (markdown lines for the card, {file name:
+        text} the pipeline writes into the output dir)."""
+        return [], {}
 
     def describe_preprocessing(self, processor, data) -> str:
         return type(processor).__name__

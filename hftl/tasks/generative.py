@@ -64,8 +64,8 @@ class GenerativeTask:
         generation = recipe.generation or GenerationSection()
         return sample(model, tokenizer, prompts, generation, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
 
-    def report(self, model, tokenizer, recipe, out) -> list[str]:
-        return samples_report(model, tokenizer, recipe, out, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
+    def report(self, model, tokenizer, recipe):
+        return samples_report(model, tokenizer, recipe, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
 
 
 def new_embeddings(model) -> list[str]:
@@ -123,9 +123,7 @@ def sample(model, tokenizer, prompts: list[str], generation, encode) -> list[str
     the model's mode and the global random state are left as they were."""
     import torch
 
-    from hftl.runs.load import model_device
-
-    device = model_device(model)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
@@ -147,16 +145,14 @@ def sample(model, tokenizer, prompts: list[str], generation, encode) -> list[str
     return out
 
 
-def samples_report(model, tokenizer, recipe, out, encode) -> list[str]:
-    """samples.jsonl and the card's table: each prompt's completion by the trained model and, for an adapter run,
+def samples_report(model, tokenizer, recipe, encode) -> tuple[list[str], dict[str, str]]:
+    """The card's table and samples.jsonl: each prompt's completion by the trained model and, for an adapter run,
     by the base model (the adapter switched off)."""
     import json
 
     generation = recipe.generation
     if generation is None or not generation.prompts:
-        return []
-    from hftl.runs import outputs
-
+        return [], {}
     trained = sample(model, tokenizer, generation.prompts, generation, encode)
     base = None
     if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
@@ -164,7 +160,6 @@ def samples_report(model, tokenizer, recipe, out, encode) -> list[str]:
             base = sample(model, tokenizer, generation.prompts, generation, encode)
     rows = [{"prompt": p, "completion": c, **({"base_completion": b} if base else {})}
             for p, c, b in zip(generation.prompts, trained, base or trained)]
-    outputs.write_text(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     decoding = (f"temperature {generation.temperature}, top_p {generation.top_p}, seed {generation.seed}"
                 if generation.temperature > 0 else "greedy")
     lines = ["", "## Samples", "", f"Completions of fixed prompts ({generation.max_new_tokens} new tokens, {decoding}; "
@@ -176,4 +171,4 @@ def samples_report(model, tokenizer, recipe, out, encode) -> list[str]:
     else:
         lines += ["| prompt | completion |", "|---|---|"]
         lines += [f"| {cell(r['prompt'])} | {cell(r['completion'])} |" for r in rows]
-    return lines
+    return lines, {"samples.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)}
