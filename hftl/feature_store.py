@@ -10,8 +10,8 @@ run with another head learning rate skips the backbone entirely.
   readers see a whole entry or none, and two runs writing the same key write the same bytes.
 - Bounded: after each write the least recently used entries go until the folder is under
   `$HFTL_FEATURE_CACHE_MB` (default 4096). A hit refreshes an entry's time.
-- `hftl cache info` lists it, `hftl cache clear` empties it; `HFTL_FEATURE_CACHE=0` turns it off (the
-  in-memory cache of one run still works).
+- `hftl cache info` lists it, `hftl cache clear` empties it; `HFTL_FEATURE_CACHE_DIR` puts it elsewhere,
+  `HFTL_FEATURE_CACHE=0` turns it off (the in-memory cache of one run still works).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ SUFFIX = ".safetensors"
 def root() -> Path | None:
     if os.environ.get("HFTL_FEATURE_CACHE", "1").lower() in ("0", "false", "no", "off"):
         return None
+    if os.environ.get("HFTL_FEATURE_CACHE_DIR"):
+        return Path(os.environ["HFTL_FEATURE_CACHE_DIR"]).expanduser()
     from hftl.zoo import cache_root
 
     return cache_root() / "features"

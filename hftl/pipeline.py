@@ -214,13 +214,15 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
     if trainer.ema is not None:  # the average is what the run evaluates and saves
         trainer.ema.copy_to_model()
     metrics = trainer.evaluate()
+    # the per-class report's predictions, while cached features can still serve them (no second backbone pass)
+    scored = _eval_scores(s, trainer) if trainer.is_world_process_zero() else None
     if s.cache is not None:  # the real backbone forward again: the returned/saved model is a normal one
         s.cache.restore()
         metrics["cached_features"] = True
     metrics = {k: v for k, v in metrics.items()}
     metrics["train_runtime"] = trainer.state.log_history[-2].get("train_runtime") if len(trainer.state.log_history) > 1 else None
     if trainer.is_world_process_zero():
-        _write_outputs(s, trainer, metrics)
+        _write_outputs(s, trainer, metrics, scored)
     trainer.accelerator.wait_for_everyone()
     push_error = None
     if recipe.hub.push and trainer.is_world_process_zero():
@@ -272,7 +274,7 @@ def _make_trainer(s: Setup):
     return trainer
 
 
-def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
+def _write_outputs(s: Setup, trainer, metrics: dict, scored=None) -> None:
     from hftl.runs import card, outputs
     from hftl.adapters import adapter_summary
 
@@ -300,7 +302,7 @@ def _write_outputs(s: Setup, trainer, metrics: dict) -> None:
     text = card.model_card(
         s.recipe, s.task, metrics, table, s.task.describe_preprocessing(s.processor, s.recipe.data), s.splits.label_names,
         adapter, len(s.train_dataset), len(s.eval_dataset), usage, base_model_id(s.recipe), trainer.state.log_history,
-        _evaluation_report(s, trainer, metrics), _task_report(s, trainer))
+        _evaluation_report(s, metrics, scored), _task_report(s, trainer))
     outputs.write_text(out / "README.md", text)
     if merged:
         # last, so that a failed merge still leaves a complete, loadable adapter run
@@ -340,25 +342,35 @@ def _regularizer_notes(recipe: Recipe) -> list[str]:
     return ["", "## Regularization", "", *notes] if notes else []
 
 
-def _evaluation_report(s: Setup, trainer, metrics: dict) -> dict | None:
-    """eval/ (per-class table, confusion matrix, worst examples) from the trained model, for the card; None where
-    the parameters are sharded across ranks (FSDP, ZeRO-3: this rank alone cannot run the model)."""
+def _eval_scores(s: Setup, trainer):
+    """The trained model's predictions on the evaluation set, for eval/ and the card; None where the parameters
+    are sharded across ranks (FSDP, ZeRO-3: this rank alone cannot run the model) or there are no labels. The
+    Trainer's own evaluation set and collator: cached features where the run has them."""
     import os
 
     from hftl.recipe import _zero_stage
-    from hftl.runs.evaluate import shown_inputs, score_prepared, write_report
-    from hftl.runs.load import read_run
+    from hftl.runs.evaluate import score_prepared, shown_inputs
 
     sharded = s.args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or _zero_stage(s.recipe.training) == 3
     if sharded or not s.splits.label_names:
         return None
-    run = read_run(s.recipe.output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
-    # the evaluation set setup() prepared (not the feature cache's): preprocessed once, not again from disk
     shown = shown_inputs(s.splits.validation, s.task.input_column(s.recipe.data))
-    scored = score_prepared(s.task, model.eval(), s.eval_dataset, s.collator, shown, s.args.per_device_eval_batch_size)
+    scored = score_prepared(s.task, model.eval(), trainer.eval_dataset, trainer.data_collator, shown,
+                            s.args.per_device_eval_batch_size)
     model.train(was_training)
+    return scored
+
+
+def _evaluation_report(s: Setup, metrics: dict, scored) -> dict | None:
+    """eval/ (per-class table, confusion matrix, worst examples) from `_eval_scores`, for the card."""
+    from hftl.runs.evaluate import write_report
+    from hftl.runs.load import read_run
+
+    if scored is None:
+        return None
+    run = read_run(s.recipe.output_dir)
     keys = [k for k in metrics if k.startswith("eval_")]
     return write_report(s.recipe.output_dir / "eval", run, scored, {k: metrics[k] for k in keys}, "validation split")
 
