@@ -41,6 +41,7 @@ class Setup:
     eval_dataset: Any = None
     collator: Any = None
     cache: Any = None  # FeatureCache when backbone features are computed once
+    loss_terms: list = field(default_factory=list)  # added to the task loss in training (distillation, ...)
 
 
 def _resume_path(recipe: Recipe) -> str | None:
@@ -93,6 +94,16 @@ def setup(recipe: Recipe) -> Setup:
     splits = load_splits(recipe.data, recipe.seed, task)
     processor = models.load_processor(task, recipe.model, recipe.data)
     model = models.build_model(task, recipe.model, splits.label_names, recipe.data)
+    teacher = order = None
+    if recipe.distill is not None:
+        from hftl.distill import load_teacher, truncate
+
+        teacher, order = load_teacher(recipe.distill, task, recipe.model, recipe.data, splits.label_names)
+        if recipe.distill.student_from_teacher is not None:
+            model = truncate(teacher, recipe.distill.student_from_teacher.layers)
+            if order is not None:
+                raise HftlError("Recipe key 'distill.student_from_teacher': the teacher orders its labels differently "
+                                "from the data; give the data the teacher's label order.")
     task.configure_model(model, recipe.model)
     # What the run evaluates with and saves, so plain transformers loads preprocess as the run did.
     processor = task.portable_processor(processor, recipe.data, model)
@@ -119,9 +130,32 @@ def setup(recipe: Recipe) -> Setup:
     train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
     from hftl.preflight import check_first_step
 
-    check_first_step(model, train_ds, collator, recipe, _preflight_device(model, args))
+    device = _preflight_device(model, args)
+    check_first_step(model, train_ds, collator, recipe, device)
+    terms = []
+    if teacher is not None:
+        from hftl.distill import Distillation
+
+        terms.append(Distillation(teacher.to(device), recipe.distill.temperature, recipe.distill.alpha, order))
+        _check_teacher(terms[-1], train_ds, collator, len(splits.label_names), device)
     return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator,
-                 cache=_feature_cache(recipe, task, model, plan, collator, args))
+                 cache=_feature_cache(recipe, task, model, plan, collator, args), loss_terms=terms)
+
+
+def _check_teacher(term, train_ds, collator, num_labels: int, device) -> None:
+    """The teacher runs on the student's batches: one of them, before training."""
+    import torch
+
+    batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    try:
+        logits = term.teacher_logits(batch)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise HftlError(f"Recipe key 'distill.teacher': the teacher cannot take the student's inputs "
+                        f"({str(e).splitlines()[0]}); it needs the same tokenizer / image size as model.model_name_or_path.") from None
+    if logits.shape[-1] != num_labels:
+        raise HftlError(f"Recipe key 'distill.teacher': the teacher predicts {logits.shape[-1]} classes, the data has "
+                        f"{num_labels}.")
 
 
 def _check_push(recipe: Recipe, model) -> None:
@@ -170,6 +204,8 @@ def _feature_cache(recipe: Recipe, task, model, plan, collator, args):
     reason = why_not(model, plan, recipe.strategy, task.augmenting(recipe.data) or recipe.regularization.mixing)
     if reason is None and recipe.eval_tta:
         reason = "eval_tta evaluates the backbone on flipped images"
+    if reason is None and recipe.distill is not None:
+        reason = "distill runs the teacher on the real inputs"
     if reason is not None:
         if mode is True:
             raise HftlError(f"Recipe key 'strategy.cache_features' is true but {reason}.")
@@ -264,7 +300,8 @@ def _make_trainer(s: Setup):
         data_collator=collator, processing_class=s.processor, compute_metrics=s.task.metrics_for(s.splits.label_names, s.processor),
         preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics,
         callbacks=s.plan.callbacks, plan=s.plan,
-        on_nan_loss=s.recipe.on_nan_loss, task=s.task, batch_transform=mixer, eval_tta=s.recipe.eval_tta)
+        on_nan_loss=s.recipe.on_nan_loss, task=s.task, batch_transform=mixer, eval_tta=s.recipe.eval_tta,
+        loss_terms=s.loss_terms)
     if s.recipe.ema is not None:
         from hftl.ema import WeightEma
 
@@ -326,6 +363,11 @@ def _task_report(s: Setup, trainer) -> list[str]:
 
 def _regularizer_notes(recipe: Recipe) -> list[str]:
     reg, notes = recipe.regularization, []
+    if recipe.distill is not None:
+        d = recipe.distill
+        start = f"; the student started as the teacher's blocks {d.student_from_teacher.layers}" if d.student_from_teacher else ""
+        notes.append(f"- Knowledge distillation from `{d.teacher}`: loss = {d.alpha} x T^2 x KL(teacher || student) "
+                     f"at T = {d.temperature} + {1 - d.alpha:g} x the task loss{start}.")
     if reg.mixing:
         notes.append(f"- Mixed training batches (timm Mixup): mixup alpha {reg.mixup}, cutmix alpha {reg.cutmix}, "
                      f"{reg.mix_prob:.0%} of batches, cutmix share {reg.switch_prob}; soft-target cross-entropy"

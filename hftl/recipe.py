@@ -411,6 +411,22 @@ class EmaSection(Section):
                                               "weights until then).")
 
 
+class StudentFromTeacher(Section):
+    layers: list[NonNegativeInt] = Field(min_length=1, description="The teacher's blocks the student keeps, e.g. "
+                                         "[0, 2, 4] (DistilBERT: every other one).")
+
+
+class DistillSection(Section):
+    """Knowledge distillation: loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * task loss."""
+
+    teacher: str = Field(description="An hftl run dir, a local checkpoint folder or a Hub id, with the data's labels.")
+    temperature: float = Field(4.0, gt=0, description="Softening temperature T of both models' logits.")
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term (1 - alpha: the task loss).")
+    student_from_teacher: StudentFromTeacher | None = Field(
+        None, description="Start the student as a copy of the teacher with only these blocks (model.model_name_or_path "
+        "then only supplies the processor, which must be the teacher's).")
+
+
 class GenerationSection(Section):
     """Sampled completions after training (causal LM) and the decoding of generation-based evaluation (seq2seq)."""
 
@@ -437,6 +453,9 @@ class Recipe(Section):
     generation: GenerationSection | None = Field(None, description="Generative tasks: prompts sampled after training, "
                                                  "decoding settings.", json_schema_extra={"tasks": ["causal-lm", "seq2seq"]})
     regularization: RegularizationSection = Field(default_factory=RegularizationSection)
+    distill: DistillSection | None = Field(None, description="Train on a teacher's softened predictions too.",
+                                           json_schema_extra={"tasks": ["text-classification", "image-classification",
+                                                                        "audio-classification"]})
     ema: EmaSection | None = Field(None, description="Average the weights over training steps (EMA); the average is "
                                    "what the run evaluates and saves.")
     eval_tta: list[Literal["hflip", "vflip"]] = Field(

@@ -18,7 +18,9 @@ from hftl.recipe import FreezeSpec, StrategySection
 
 def layer_map_for(model: nn.Module, strategy: StrategySection) -> LayerMap:
     o = strategy.layer_map
-    return build_layer_map(model, o.blocks if o else None, o.head if o else None)
+    # a model that knows its blocks (a truncated distillation student, whose one block is no "repeated" list)
+    blocks = o.blocks if o else getattr(model, "hftl_blocks_regex", None)
+    return build_layer_map(model, blocks, o.head if o else None)
 
 
 def apply_reinit(model: nn.Module, strategy: StrategySection) -> int:

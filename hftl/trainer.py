@@ -14,7 +14,8 @@ The changes, each for a trap the plain Trainer has in transfer learning:
   (`Task.token_loss`) take it, so tokens weigh the same across accumulated micro-batches;
 - metrics derived from the Trainer's own (perplexity from eval_loss) join every evaluation's logs;
 - optional small-data regularizers: mixed training batches with their soft-target loss (`batch_transform`),
-  evaluation on the weight average (`ema`), class probabilities averaged over flipped images (`eval_tta`).
+  evaluation on the weight average (`ema`), class probabilities averaged over flipped images (`eval_tta`);
+- pluggable loss terms (`loss_terms`: distillation, ...) added to the task loss in training, each logged.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class PortableCheckpoints(TrainerCallback):
 
 class HftlTrainer(Trainer):
     def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, batch_transform=None,
-                 eval_tta: list[str] | None = None, **kwargs):
+                 eval_tta: list[str] | None = None, loss_terms: list | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
         self.on_nan_loss = on_nan_loss
@@ -57,6 +58,10 @@ class HftlTrainer(Trainer):
         self.batch_transform = batch_transform  # e.g. mixing.BatchMixer: training batches only
         self.eval_tta = list(eval_tta or [])
         self.ema = None  # ema.WeightEma, set by the pipeline once the model is on its device
+        # Loss terms: objects with `name`, `task_weight` and `__call__(model, inputs, outputs) -> tensor`, e.g.
+        # distill.Distillation; each adds to the (re-weighted) task loss and logs its own mean as loss_<name>.
+        self.loss_terms = list(loss_terms or [])
+        self._term_sums: dict[str, list] = {}
         self.skipped_steps = 0
         if task is None or not task.token_loss:
             self.model_accepts_loss_kwargs = False
@@ -96,6 +101,10 @@ class HftlTrainer(Trainer):
         groups that train now: discriminative LRs as parallel lines, gradual unfreezing as lines that start."""
         if self.task is not None and any(k.startswith("eval_") for k in logs):
             self.task.finish_metrics(logs)  # in place: evaluate() returns this same dict
+        if "loss" in logs and self._term_sums:  # each loss term's mean since the last log
+            for name, (total, n) in self._term_sums.items():
+                logs[f"loss_{name}"] = round(total / max(n, 1), 6)
+            self._term_sums = {}
         if "loss" in logs and self.optimizer is not None and self.plan is not None and self._groups_differ():
             from hftl.runs.outputs import LR_PREFIX
 
@@ -111,15 +120,34 @@ class HftlTrainer(Trainer):
         return len({a.lr for a in self.plan.lrs.values()}) > 1 or bool(self.plan.callbacks)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The task loss (the model's own, or soft-target CE for mixed batches), then, in training, the loss
+        terms: total = task loss x each term's task_weight + each term's value; every part is logged."""
         labels = inputs.get("labels")
+        terms = self.loss_terms if model.training else []
         if labels is None or not labels.is_floating_point() or labels.ndim != 2:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # soft targets (mixup / cutmix): the model's own loss would read float labels as multi-label (BCE)
-        from hftl.mixing import soft_target_loss
+            if not terms:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        else:
+            # soft targets (mixup / cutmix): the model's own loss would read float labels as multi-label (BCE)
+            from hftl.mixing import soft_target_loss
 
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        loss = soft_target_loss(outputs.logits, labels)
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = soft_target_loss(outputs.logits, labels)
+        if terms:
+            self._log_term("task", loss)
+            total = loss
+            for term in terms:
+                value = term(model, inputs, outputs)
+                self._log_term(term.name, value)
+                total = total * term.task_weight + value
+            loss = total
         return (loss, outputs) if return_outputs else loss
+
+    def _log_term(self, name: str, value) -> None:
+        sums = self._term_sums.setdefault(name, [0.0, 0])
+        sums[0] += float(value.detach())
+        sums[1] += 1
 
     def evaluate(self, *args, **kwargs):
         dev = self.args.device

@@ -1,0 +1,128 @@
+"""Knowledge distillation (`distill:`): a student trains on a teacher's softened predictions as well as the labels.
+
+loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * task loss   (Hinton et al.)
+
+The teacher is an hftl run dir (its adapter merged in memory), a local checkpoint folder or a Hub id; it runs in
+eval mode without gradients on the student's device, on the same batches (so it must take the student's
+inputs: the same tokenizer / image size). Its labels must be the data's, by name; their order may differ (the
+teacher's logits are re-ordered). `student_from_teacher: {layers: [0, 2, 4]}` starts the student as a copy of
+the teacher keeping only those blocks (DistilBERT's initialisation: every other layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hftl.errors import HftlError
+
+logger = logging.getLogger("hftl")
+
+
+class Distillation:
+    """A loss term (HftlTrainer.loss_terms): alpha * T^2 * KL(teacher || student) on temperature-softened logits;
+    the task loss keeps weight 1 - alpha."""
+
+    name = "distill"
+
+    def __init__(self, teacher, temperature: float, alpha: float, order: list[int] | None = None):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.temperature, self.alpha, self.order = temperature, alpha, order
+        self.task_weight = 1.0 - alpha
+
+    def teacher_logits(self, inputs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        return logits[..., self.order] if self.order is not None else logits
+
+    def __call__(self, model, inputs: dict, outputs) -> torch.Tensor:
+        return self.alpha * kd_loss(outputs.logits, self.teacher_logits(inputs), self.temperature)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over examples."""
+    t = temperature
+    s = F.log_softmax(student.float() / t, dim=-1).reshape(-1, student.shape[-1])
+    p = F.log_softmax(teacher.float() / t, dim=-1).reshape(-1, teacher.shape[-1])
+    return t * t * F.kl_div(s, p, log_target=True, reduction="batchmean")
+
+
+def load_teacher(section, task, model_section, data, label_names: list[str]):
+    """(teacher model, logit order or None) for `distill.teacher`, its labels checked against the data's."""
+    from hftl.runs.load import read_run
+
+    source = section.teacher
+    path = Path(source).expanduser()
+    if (path / "recipe.yaml").is_file():
+        from hftl.runs.load import load_model
+
+        run = read_run(path)
+        if run.task.name != task.name:
+            raise HftlError(f"Recipe key 'distill.teacher': '{source}' is a {run.task.name} run; this recipe's task is "
+                            f"{task.name}.")
+        teacher = load_model(path)
+        if hasattr(teacher, "merge_and_unload"):
+            teacher = teacher.merge_and_unload()
+        names = list(run.label_names)
+    else:
+        try:
+            teacher = task.model_class(data).from_pretrained(
+                source, revision=None, trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
+        except (OSError, ValueError) as e:
+            raise HftlError(f"Recipe key 'distill.teacher': cannot load '{source}': {str(e).splitlines()[0]}. Give an "
+                            "hftl run dir, a local checkpoint folder or a Hub id.") from None
+        id2label = getattr(teacher.config, "id2label", {}) or {}
+        names = [id2label[i] for i in sorted(id2label)]
+    if sorted(names) != sorted(label_names):
+        raise HftlError(f"Recipe key 'distill.teacher': the teacher's labels {names} are not the data's {label_names}; "
+                        "a teacher must predict the same classes (by name).")
+    order = None if names == list(label_names) else [names.index(n) for n in label_names]
+    return teacher, order
+
+
+def truncate(teacher, keep: list[int]):
+    """A copy of `teacher` with only the blocks `keep` (indices into its layer map's blocks) -- DistilBERT's
+    student initialisation. The blocks must sit in one ModuleList; the config's layer count follows."""
+    from torch import nn
+
+    from hftl.hooks.layers import build_layer_map
+
+    lm = build_layer_map(teacher)
+    parents = {b.rsplit(".", 1)[0] for b in lm.blocks}
+    if len(parents) != 1:
+        raise HftlError(f"Recipe key 'distill.student_from_teacher': the teacher's blocks are in {len(parents)} "
+                        f"containers ({', '.join(sorted(parents))}); truncation needs one list of blocks.")
+    n = len(lm.blocks)
+    bad = [i for i in keep if not 0 <= i < n]
+    if bad or len(set(keep)) != len(keep) or keep != sorted(keep):
+        raise HftlError(f"Recipe key 'distill.student_from_teacher.layers': {keep} must be distinct block indices "
+                        f"0..{n - 1}, in increasing order (the teacher has {n} blocks).")
+    student = copy.deepcopy(teacher)
+    parent = parents.pop()
+    container = student.get_submodule(parent)
+    if not isinstance(container, nn.ModuleList):
+        raise HftlError(f"Recipe key 'distill.student_from_teacher': {parent} is a {type(container).__name__}, not a "
+                        "ModuleList of blocks.")
+    owner, _, attr = parent.rpartition(".")
+    setattr(student.get_submodule(owner) if owner else student, attr, nn.ModuleList([container[i] for i in keep]))
+    import re
+
+    student.hftl_blocks_regex = re.escape(parent) + r"\.(\d+)\."  # the layer map finds one block too
+    config = student.config
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(config, key):
+            setattr(config, key, len(keep))
+            break
+    for new_index, block in enumerate(student.get_submodule(parent)):  # attention layer indices (KV caches)
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    logger.info("student: the teacher's blocks %s of %d (%d -> %d parameters)", keep, n,
+                sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters()))
+    return student

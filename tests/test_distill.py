@@ -1,0 +1,126 @@
+"""Knowledge distillation: the loss by hand, the loss terms' weights and logs, a student that learns the teacher's
+decision from the teacher alone (its own labels shuffled), DistilBERT-style truncation, bad teachers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+from hftl.errors import HftlError
+from hftl.recipe import RecipeError
+
+
+def test_kd_loss_is_the_hand_formula():
+    from hftl.distill import kd_loss
+
+    student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+    teacher = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    t = 2.0
+    p = torch.softmax(teacher / t, -1)
+    q = torch.softmax(student / t, -1)
+    hand = t * t * (p * (p.log() - q.log())).sum(-1).mean()  # T^2 * KL(teacher || student), per example
+    assert kd_loss(student, teacher, t) == pytest.approx(float(hand), abs=1e-6)
+    assert kd_loss(teacher, teacher, t) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, bert_dir, text_csv):
+    """A tiny BERT trained on the separable toy sentiment data (the teacher)."""
+    import hftl
+
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    r = hftl.train({"task": "text-classification", "model": {"model_name_or_path": str(bert_dir)},
+                    "data": {"train_file": str(text_csv[0]), "validation_file": str(text_csv[1]), "max_seq_length": 16},
+                    "training": {"output_dir": str(out), "num_train_epochs": 6, "learning_rate": 3e-3,
+                                 "per_device_train_batch_size": 8, "save_strategy": "no", "report_to": "none"},
+                    "seed": 0})
+    assert r.metrics["eval_accuracy"] >= 0.9
+    return out
+
+
+@pytest.fixture(scope="module")
+def shuffled_csv(tmp_path_factory, text_csv):
+    rows = list(csv.DictReader(open(text_csv[0])))
+    labels = [r["label"] for r in rows]
+    random.Random(1).shuffle(labels)
+    path = tmp_path_factory.mktemp("shuffled") / "train.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows({"text": r["text"], "label": lab} for r, lab in zip(rows, labels))
+    agree = sum(a == r["label"] for a, r in zip(labels, rows)) / len(rows)
+    assert agree < 0.7  # the shuffled labels carry little of the real signal
+    return path
+
+
+def _student(text_recipe, teacher_run, shuffled_csv, alpha, **extra):
+    import hftl
+
+    return hftl.train(text_recipe(data={"train_file": str(shuffled_csv)},
+                                  distill={"teacher": str(teacher_run), "alpha": alpha, "temperature": 2.0, **extra},
+                                  training={"num_train_epochs": 6, "logging_steps": 1}, seed=3))
+
+
+def test_with_alpha_1_the_signal_comes_from_the_teacher(text_recipe, teacher_run, shuffled_csv):
+    import hftl
+
+    taught = _student(text_recipe, teacher_run, shuffled_csv, alpha=1.0)
+    assert taught.metrics["eval_accuracy"] >= 0.85  # scored on the real labels
+    alone = hftl.train(text_recipe(data={"train_file": str(shuffled_csv)}, seed=3,
+                                   training={"num_train_epochs": 6, "output_dir": str(taught.output_dir) + "_alone"}))
+    assert alone.metrics["eval_accuracy"] <= taught.metrics["eval_accuracy"] - 0.2
+    logs = [h for h in taught.trainer.state.log_history if "loss_distill" in h]
+    assert logs and all(h["loss"] == pytest.approx(h["loss_distill"], rel=1e-3, abs=1e-4) for h in logs)  # 0 x task
+    assert "Knowledge distillation from" in (taught.output_dir / "README.md").read_text()
+
+
+def test_loss_is_the_weighted_sum_of_its_logged_terms(text_recipe, teacher_run, text_csv):
+    r = _student(text_recipe, teacher_run, text_csv[0], alpha=0.25)
+    logs = [h for h in r.trainer.state.log_history if "loss_distill" in h]
+    assert logs
+    for h in logs:
+        assert h["loss"] == pytest.approx(0.75 * h["loss_task"] + h["loss_distill"], rel=1e-3, abs=1e-4)
+    teacher = r.trainer.loss_terms[0].teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_student_from_teacher_keeps_the_chosen_blocks(text_recipe, teacher_run, text_csv):
+    from transformers import AutoModelForSequenceClassification
+
+    from hftl.pipeline import setup
+    from hftl.recipe import load_recipe
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_run)
+    s = setup(load_recipe(text_recipe(distill={"teacher": str(teacher_run), "student_from_teacher": {"layers": [1]}})))
+    student = s.model
+    assert len(student.bert.encoder.layer) == 1 and student.config.num_hidden_layers == 1
+    assert torch.equal(student.bert.encoder.layer[0].attention.self.query.weight,
+                       teacher.bert.encoder.layer[1].attention.self.query.weight)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)  # the teacher's head too
+    assert s.plan.layer_map.num_blocks == 1
+    with pytest.raises(HftlError, match=r"student_from_teacher.layers.*\[0, 5\].*0..1"):
+        setup(load_recipe(text_recipe(distill={"teacher": str(teacher_run), "student_from_teacher": {"layers": [0, 5]}})))
+
+
+def test_teacher_with_other_labels_is_refused(text_recipe, teacher_run, tmp_path):
+    from hftl.pipeline import setup
+    from hftl.recipe import load_recipe
+
+    other = tmp_path / "three.csv"
+    rows = list(csv.DictReader(open(text_recipe()["data"]["train_file"])))
+    with open(other, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows({"text": r["text"], "label": "meh" if i % 5 == 0 else r["label"]} for i, r in enumerate(rows))
+    recipe = text_recipe(data={"train_file": str(other), "validation_file": str(other)},
+                         distill={"teacher": str(teacher_run)})
+    with pytest.raises(HftlError, match=r"distill.teacher.*labels \['neg', 'pos'\] are not the data's"):
+        setup(load_recipe(recipe))
+    with pytest.raises(RecipeError, match="distill.alpha"):
+        load_recipe(text_recipe(distill={"teacher": str(teacher_run), "alpha": 1.5}))
+    with pytest.raises(RecipeError, match=r"'distill' is read by task"):
+        load_recipe({**text_recipe(), "task": "token-classification", "distill": {"teacher": str(teacher_run)}})
