@@ -127,6 +127,20 @@ def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return write_image_folder(d / "train", 16, 0), write_image_folder(d / "validation", 8, 1)
 
 
+def prepared(recipe: dict):
+    """(splits, processor, train, validation, collator) as the pipeline builds them, without a model."""
+    from hftl import models
+    from hftl.data import load_splits
+    from hftl.recipe import load_recipe
+    from hftl.tasks import get_task
+
+    r = load_recipe(recipe)
+    task = get_task(r.task)
+    splits = load_splits(r.data, r.seed, task)
+    processor = models.load_processor(task, r.model, r.data)
+    return (splits, processor, *task.prepare(splits, processor, r.data))
+
+
 def merge_sections(recipe: dict, sections: dict) -> dict:
     """Recipe sections given to a fixture factory update the defaults one level deep."""
     for key, value in sections.items():

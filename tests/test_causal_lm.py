@@ -8,16 +8,20 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, merge_sections
+from conftest import ROOT, merge_sections, prepared
 from hftl.errors import HftlError
 
 IGNORE = -100
+
+
+def _prepared(recipe: dict):
+    """(tokenizer, train, validation, collator) as the pipeline builds them."""
+    return prepared(recipe)[1:]
 
 
 @pytest.fixture
@@ -35,20 +39,6 @@ def lm_recipe(gpt2_lm_dir, lm_files, tmp_path):
         return merge_sections(recipe, sections)
 
     return make
-
-
-def _prepared(recipe: dict):
-    """(tokenizer, train, validation, collator) as the pipeline builds them."""
-    from hftl import models
-    from hftl.data import load_splits
-    from hftl.recipe import load_recipe
-    from hftl.tasks import get_task
-
-    r = load_recipe(recipe)
-    task = get_task(r.task)
-    splits = load_splits(r.data, r.seed, task)
-    tokenizer = models.load_processor(task, r.model, r.data)
-    return (tokenizer, *task.prepare(splits, tokenizer, r.data))
 
 
 def _hand_loss(logits, labels):

@@ -4,7 +4,6 @@ decision from the teacher alone (its own labels shuffled), DistilBERT-style trun
 from __future__ import annotations
 
 import csv
-import json
 import random
 
 import pytest

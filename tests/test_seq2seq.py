@@ -12,10 +12,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, merge_sections
+from conftest import ROOT, merge_sections, prepared
 from hftl.errors import HftlError
 
 IGNORE = -100
+
+
+def _prepared(recipe: dict):
+    """(tokenizer, train, validation, collator) as the pipeline builds them."""
+    return prepared(recipe)[1:]
 
 
 @pytest.fixture
@@ -34,19 +39,6 @@ def s2s_recipe(t5_dir, lm_files, tmp_path):
         return merge_sections(recipe, sections)
 
     return make
-
-
-def _prepared(recipe: dict):
-    from hftl import models
-    from hftl.data import load_splits
-    from hftl.recipe import load_recipe
-    from hftl.tasks import get_task
-
-    r = load_recipe(recipe)
-    task = get_task(r.task)
-    splits = load_splits(r.data, r.seed, task)
-    tokenizer = models.load_processor(task, r.model, r.data)
-    return (tokenizer, *task.prepare(splits, tokenizer, r.data))
 
 
 def test_columns_prefix_and_lengths(s2s_recipe):

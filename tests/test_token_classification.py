@@ -19,6 +19,7 @@ import torch
 import yaml
 
 import hftl
+from conftest import prepared
 from hftl.errors import HftlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,19 +101,6 @@ def ner_recipe(ner_bert_dir, ner_files, tmp_path):
     return make
 
 
-def _prepared(recipe: dict):
-    """(splits, tokenizer, train, validation, collator) as the pipeline builds them, without a model."""
-    from hftl import models
-    from hftl.data import load_splits
-    from hftl.tasks import get_task
-
-    r = hftl.load_recipe(recipe)
-    task = get_task(r.task)
-    splits = load_splits(r.data, r.seed, task)
-    tokenizer = models.load_processor(task, r.model, r.data)
-    return (splits, tokenizer, *task.prepare(splits, tokenizer, r.data))
-
-
 def _one_row_files(tmp_path, tokens, tags):
     rows = [{"tokens": tokens, "ner_tags": tags}, *make_ner_rows(6, 3)]
     return {"train_file": str(write_jsonl(tmp_path / "t.jsonl", rows)),
@@ -127,7 +115,7 @@ def test_labels_sit_on_the_first_sub_token(label_all_tokens, ner_recipe, tmp_pat
     words = ["alice", "jones", "visited", "berlin", "today"]
     tags = ["B-PER", "I-PER", "O", "B-LOC", "O"]
     data = {**_one_row_files(tmp_path, words, tags), "label_all_tokens": label_all_tokens}
-    splits, tok, train, validation, _ = _prepared(ner_recipe(data=data))
+    splits, tok, train, validation, _ = prepared(ner_recipe(data=data))
     assert splits.label_names == TAGS
     row = train[0]
     pieces = tok.convert_ids_to_tokens(row["input_ids"])
@@ -151,7 +139,7 @@ def test_continuation_keeps_tags_without_an_i_counterpart():
 def test_truncation_drops_the_words_beyond_max_seq_length(ner_recipe, tmp_path):
     words = ["alice", "visited", "berlin", "and", "london"]
     data = {**_one_row_files(tmp_path, words, ["B-PER", "O", "B-LOC", "O", "B-LOC"]), "max_seq_length": 5}
-    _, tok, train, _, collator = _prepared(ner_recipe(data=data))
+    _, tok, train, _, collator = prepared(ner_recipe(data=data))
     assert tok.convert_ids_to_tokens(train[0]["input_ids"]) == ["[CLS]", "alice", "visited", "ber", "[SEP]"]
     assert train[0]["labels"] == [-100, 1, 4, 0, -100]
     batch = collator([train[i] for i in range(3)])  # padded per batch, labels with -100
@@ -171,7 +159,7 @@ def test_classlabel_tags_keep_their_names_and_order(ner_recipe, tmp_path):
     DatasetDict(train=ds, validation=ds).save_to_disk(tmp_path / "saved")
     data = {"dataset_name": str(tmp_path / "saved"), "text_column_name": "words", "label_column_name": "tags",
             "train_file": None, "validation_file": None}
-    splits, _, train, _, _ = _prepared(ner_recipe(data=data))
+    splits, _, train, _, _ = prepared(ner_recipe(data=data))
     assert splits.label_names == names
     first = [i for i in train[0]["labels"] if i != -100]
     assert [names[i] for i in first] == rows[0]["ner_tags"]
@@ -190,7 +178,7 @@ def test_malformed_rows_are_one_clear_error(tokens, tags, match, ner_recipe, tmp
     rows = [bad] if isinstance(tags, str) or isinstance(tokens, str) else [bad, *make_ner_rows(4, 3)]
     path = str(write_jsonl(tmp_path / "t.jsonl", rows))
     with pytest.raises(HftlError, match=match):
-        _prepared(ner_recipe(data={"train_file": path, "validation_file": path}))
+        prepared(ner_recipe(data={"train_file": path, "validation_file": path}))
 
 
 def test_validation_tags_unseen_in_training_are_refused(ner_recipe, ner_files, tmp_path):
@@ -199,7 +187,7 @@ def test_validation_tags_unseen_in_training_are_refused(ner_recipe, ner_files, t
     data = {"validation_file": str(write_jsonl(tmp_path / "v.jsonl", rows))}
     with pytest.raises(HftlError, match=r"data\.label_column_name': the validation tags \['B-ORG'\] "
                                         r"\(first at row 2\).*tags: B-LOC, B-PER, I-LOC, I-PER, O"):
-        _prepared(ner_recipe(data=data))
+        prepared(ner_recipe(data=data))
 
 
 def test_a_slow_tokenizer_is_refused_naming_the_key(ner_recipe, monkeypatch):
@@ -210,7 +198,7 @@ def test_a_slow_tokenizer_is_refused_naming_the_key(ner_recipe, monkeypatch):
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: Slow())
     with pytest.raises(HftlError, match=r"model\.tokenizer_name': token classification needs a fast tokenizer"):
-        _prepared(ner_recipe())
+        prepared(ner_recipe())
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -228,7 +216,7 @@ def test_metrics_score_words_by_their_first_sub_token(ner_recipe, tmp_path):
     predicted = [list(truth[0]), ["B-PER", "O", "O", "O", "B-LOC"]]  # "carol" missed
     rows = [{"tokens": w, "ner_tags": t} for w, t in zip(words, truth)] + make_ner_rows(4, 6)
     path = str(write_jsonl(tmp_path / "rows.jsonl", rows))
-    splits, tok, _, validation, collator = _prepared(ner_recipe(data={"train_file": path, "validation_file": path}))
+    splits, tok, _, validation, collator = prepared(ner_recipe(data={"train_file": path, "validation_file": path}))
     labels = collator([validation[0], validation[1]])["labels"].numpy()
     index = {n: i for i, n in enumerate(splits.label_names)}
     logits = np.zeros((*labels.shape, len(index)), dtype=np.float32)

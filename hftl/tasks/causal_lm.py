@@ -18,9 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from hftl.errors import HftlError, did_you_mean
 from hftl.tasks.base import Task
-from hftl.tasks.generative import (
-    IGNORE, GenerativeTask, PadCollator, add_perplexity, grow_vocabulary, load_tokenizer, new_embeddings,
-)
+from hftl.tasks.generative import IGNORE, GenerativeTask, PadCollator, add_perplexity, grow_vocabulary
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -74,19 +72,9 @@ class CausalLM(GenerativeTask, Task):
     auto_model = AutoModelForCausalLM
     peft_task_type = "CAUSAL_LM"
     prompt_learning = True
-    pretrained_head = True
-    token_loss = True
-    label_column = None
     reads_plain_text = True
     metric_names = {"perplexity": "perplexity"}
     example_input = '"Once upon a time"'
-    processor_arg = ("tokenizer", "AutoTokenizer")
-
-    def encode_labels(self, train, validation, column):
-        return train, validation, []
-
-    def load_processor(self, model_section, path, data):
-        return load_tokenizer(model_section, path)
 
     def portable_processor(self, tokenizer, data, model):
         """The saved tokenizer pads on the left (batched generation continues every prompt from its last token);
@@ -96,15 +84,12 @@ class CausalLM(GenerativeTask, Task):
         tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes
         return tokenizer
 
-    def adapter_modules(self, model) -> list[str]:
-        return new_embeddings(model)
-
     # ------------------------------------------------------------------------------------------ preprocessing
 
     def _encode(self, ds, tokenizer, data, split: str):
         kind = _format(ds, data)
         if kind == "messages" and not tokenizer.chat_template:
-            raise HftlError(f"The data has a 'messages' column but the tokenizer of this model has no chat template; "
+            raise HftlError("The data has a 'messages' column but the tokenizer of this model has no chat template; "
                             "use a chat model (an -Instruct checkpoint), a tokenizer that has one (model.tokenizer_name), "
                             "or prompt/completion columns.")
         eos = tokenizer.eos_token_id

@@ -44,9 +44,23 @@ def grow_vocabulary(model, tokenizer) -> None:
 
 
 class GenerativeTask:
-    """Mixin of causal-lm and seq2seq: what predicting and reloading a text-writing run means."""
+    """Mixin of causal-lm and seq2seq: no labels, the checkpoint's own LM head, a tokenizer, token-level losses,
+    and what predicting and reloading a text-writing run means."""
 
     generates = True
+    pretrained_head = True
+    token_loss = True
+    label_column = None
+    processor_arg = ("tokenizer", "AutoTokenizer")
+
+    def encode_labels(self, train, validation, column):
+        return train, validation, []
+
+    def load_processor(self, model_section, path, data):
+        return load_tokenizer(model_section, path)
+
+    def adapter_modules(self, model) -> list[str]:
+        return new_embeddings(model)
 
     def encode_prompt(self, tokenizer, data, prompt: str) -> list[int]:
         return tokenizer(prompt)["input_ids"]

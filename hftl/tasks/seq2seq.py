@@ -15,7 +15,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hftl.errors import HftlError, did_you_mean
 from hftl.tasks.base import Task
-from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_vocabulary, load_tokenizer, new_embeddings
+from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_vocabulary
 
 _SOURCES = ("text", "document", "article", "source")
 _TARGETS = ("summary", "target", "highlights")
@@ -51,26 +51,13 @@ class Seq2Seq(GenerativeTask, Task):
     pipeline_tag = "text2text-generation"
     auto_model = AutoModelForSeq2SeqLM
     peft_task_type = "SEQ_2_SEQ_LM"
-    pretrained_head = True
-    token_loss = True
-    label_column = None
     metric_names = {"rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "exact_match": "exact match"}
     example_input = repr(EXAMPLE)
-    processor_arg = ("tokenizer", "AutoTokenizer")
-
-    def encode_labels(self, train, validation, column):
-        return train, validation, []
-
-    def load_processor(self, model_section, path, data):
-        return load_tokenizer(model_section, path)
 
     def portable_processor(self, tokenizer, data, model):
         grow_vocabulary(model, tokenizer)
         tokenizer.model_max_length = data.max_source_length
         return tokenizer
-
-    def adapter_modules(self, model) -> list[str]:
-        return new_embeddings(model)
 
     def trainer_classes(self):
         from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
