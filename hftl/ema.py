@@ -32,6 +32,17 @@ class WeightEma(TrainerCallback):
         self.ema = ModelEmaV3(model, decay=decay, update_after_step=update_after_step, exclude_buffers=_has_tied(model))
         self.decay = decay
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if getattr(self, "_restart", False):  # the checkpoint's weights are loaded by now
+            self.ema.set(self.model)
+            self._restart = False
+        horizon = 1 / (1 - self.decay)
+        if state.max_steps and horizon > state.max_steps:
+            left = self.decay ** state.max_steps
+            logger.warning("ema.decay %s averages over ~%d steps but the run has %d: the saved average still holds "
+                           "%.0f%% of the starting weights; a decay near %s fits this run", self.decay, horizon,
+                           state.max_steps, 100 * left, round(1 - 4 / state.max_steps, 4))
+
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.update(self.model, step=state.global_step)
 
@@ -54,11 +65,6 @@ class WeightEma(TrainerCallback):
         from safetensors.torch import load_model
 
         load_model(self.ema.module, str(path))
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if getattr(self, "_restart", False):  # the checkpoint's weights are loaded by now
-            self.ema.set(self.model)
-            self._restart = False
 
     @contextmanager
     def swapped(self):
