@@ -127,6 +127,13 @@ def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return write_image_folder(d / "train", 16, 0), write_image_folder(d / "validation", 8, 1)
 
 
+def child_env() -> dict[str, str]:
+    """Environment of a child hftl process (CLI, accelerate launch): offline, quiet, one thread, this checkout first."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def prepared(recipe: dict):
     """(splits, processor, train, validation, collator) as the pipeline builds them, without a model."""
     from hftl import models

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, merge_sections, prepared
+from conftest import ROOT, child_env, merge_sections, prepared
 from hftl.errors import HftlError
 
 IGNORE = -100
@@ -310,25 +310,19 @@ def test_adapter_run_samples_base_and_trained_side_by_side(lm_recipe, gpt2_lm_di
 # ----------------------------------------------------------------------------------------------- launchers
 
 
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.mark.slow
 def test_cli_and_accelerate_launch(lm_recipe, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(lm_recipe(train="qa")))
     cli = subprocess.run([sys.executable, "-m", "hftl.cli", "train", str(recipe), "training.num_train_epochs=2"],
-                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "eval_perplexity" in json.loads((tmp_path / "out" / "metrics.json").read_text())
     launch = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "hftl" / "run.py"), str(recipe),
          f"training.output_dir={tmp_path / 'launched'}"],
-        capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert launch.returncode == 0, launch.stderr[-3000:]
     assert (tmp_path / "launched" / "model.safetensors").is_file()
 
@@ -359,7 +353,7 @@ def test_ddp_two_processes_lora_gpt2(lm_recipe, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-         json.dumps(recipe), str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=400, cwd=tmp_path)
+         json.dumps(recipe), str(tmp_path)], capture_output=True, text=True, env=child_env(), timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)

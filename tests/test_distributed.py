@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
 pytestmark = pytest.mark.slow
-
-
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def test_accelerate_launch_run_py_end_to_end(text_recipe, tmp_path):
@@ -29,7 +24,7 @@ def test_accelerate_launch_run_py_end_to_end(text_recipe, tmp_path):
     proc = subprocess.run(
         [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          str(ROOT / "hftl" / "run.py"), str(recipe), "training.num_train_epochs=3"],
-        capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -73,7 +68,7 @@ def _launch_two(recipe, tmp_path):
     proc = subprocess.run(
         [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
          "--mixed_precision", "no", "--dynamo_backend", "no", str(script), json.dumps(recipe), str(tmp_path)],
-        capture_output=True, text=True, env=_env(), timeout=400, cwd=tmp_path)
+        capture_output=True, text=True, env=child_env(), timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)  # really 2 ranks in one process group

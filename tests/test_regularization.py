@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, child_env
 from hftl.errors import HftlError
 from hftl.recipe import RecipeError
 
@@ -203,12 +203,10 @@ def test_ema_under_ddp_two_processes(image_recipe, tmp_path):
     script.write_text(DDP_EMA)
     recipe = image_recipe(ema={"decay": 0.8}, training={"num_train_epochs": 2, "per_device_train_batch_size": 4,
                                                         "use_cpu": True})
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-         json.dumps(recipe), str(tmp_path)], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+         json.dumps(recipe), str(tmp_path)], capture_output=True, text=True, env=child_env(), timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)

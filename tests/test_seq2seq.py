@@ -4,7 +4,6 @@ scores, hooks over encoder then decoder blocks, LoRA reload, CLI / accelerate.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, merge_sections, prepared
+from conftest import ROOT, child_env, merge_sections, prepared
 from hftl.errors import HftlError
 
 IGNORE = -100
@@ -171,18 +170,12 @@ def test_empty_target_is_refused(s2s_recipe, tmp_path):
         _prepared(s2s_recipe(data={"train_file": str(path)}))
 
 
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.mark.slow
 def test_cli_and_accelerate_launch(s2s_recipe, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(s2s_recipe()))
     cli = subprocess.run([sys.executable, "-m", "hftl.cli", "train", str(recipe), "peft.method=lora"],
-                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "eval_rougeL" in json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
@@ -190,6 +183,6 @@ def test_cli_and_accelerate_launch(s2s_recipe, tmp_path):
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "hftl" / "run.py"), str(recipe),
          f"training.output_dir={tmp_path / 'launched'}"],
-        capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert launch.returncode == 0, launch.stderr[-3000:]
     assert "eval_exact_match" in json.loads((tmp_path / "launched" / "metrics.json").read_text())

@@ -7,7 +7,6 @@ The tiny BERT here has a word-piece vocabulary in which some entity words split 
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import torch
 import yaml
 
 import hftl
-from conftest import prepared
+from conftest import child_env, prepared
 from hftl.errors import HftlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,18 +360,12 @@ def test_prompt_tuning_is_refused_for_token_classification(ner_recipe):
 # ----------------------------------------------------------------------------------------------- processes
 
 
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.mark.slow
 def test_cli_train_with_label_all_tokens(ner_recipe, tmp_path):
     path = tmp_path / "ner.yaml"
     path.write_text(yaml.safe_dump(ner_recipe()))
     proc = subprocess.run([sys.executable, "-m", "hftl.cli", "train", str(path), "data.label_all_tokens=true"],
-                          capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: " in proc.stdout and "eval_f1" in proc.stdout
     out = tmp_path / "out"
@@ -413,7 +406,7 @@ def test_ddp_two_processes_gather_variable_length_predictions(ner_recipe, tmp_pa
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-         json.dumps(recipe), str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=400, cwd=tmp_path)
+         json.dumps(recipe), str(tmp_path)], capture_output=True, text=True, env=child_env(), timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
