@@ -120,10 +120,14 @@ def selected(key: str, only: list[str] | None) -> bool:
     return not only or any(o in key for o in only)
 
 
-def run_row(name: str, rows: dict, key: str, title: str, measure, keep: bool) -> None:
-    """Measure one row, print it and store it at once in results/<name>.json."""
+def run_row(name: str, rows: dict, key: str, title: str, measure, keep: bool, merge_stored: bool = False) -> None:
+    """Measure one row, print it and store it at once in results/<name>.json. `merge_stored`: first read back
+    the rows another invocation (run side by side) stored meanwhile, so neither overwrites the other's rows."""
     print(f"\n=== {key}: {title}", flush=True)
-    rows[key] = measure()
+    row = measure()
+    if merge_stored:
+        rows.update({k: v for k, v in load_rows(name, keep).items() if k != key})
+    rows[key] = row
     print(json.dumps(rows[key]), flush=True)
     save_rows(name, rows, keep)
 

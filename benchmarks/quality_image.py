@@ -235,17 +235,6 @@ def choose_best(raw: dict) -> dict | None:
     return {"slice": key, "test": "test_" + key.removeprefix("slice_"), "tta": tta == -1, "slice_accuracy": acc}
 
 
-def run_row_merged(raw: dict, key: str, title: str, measure, keep: bool) -> None:
-    """common.run_row, but the rows stored meanwhile by another invocation (run side by side) are read back
-    just before this one is saved, so neither overwrites the other's rows."""
-    def measure_and_merge():
-        row = measure()
-        raw.update({k: v for k, v in load_rows("quality_image", keep).items() if k != key})
-        return row
-
-    run_row("quality_image", raw, key, title, measure_and_merge, keep)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated: run only the variants whose key contains one of these")
@@ -261,8 +250,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="hftl-bench-image-"))
     try:
         if selected("logreg", only):
-            run_row_merged(raw, "logreg", "frozen EfficientNet-Lite0 pooled features + LogisticRegression",
-                    logistic_regression_baseline, keep)
+            run_row("quality_image", raw, "logreg", "frozen EfficientNet-Lite0 pooled features + LogisticRegression",
+                    logistic_regression_baseline, keep, merge_stored=True)
         for key, label, changes, _ in VARIANTS:
             if not selected(key, only):
                 continue
@@ -272,7 +261,7 @@ def main():
                 recipe["model"]["model_name_or_path"] = random_init_checkpoint(work / "random-init")
             if args.epochs is not None:
                 recipe["training"]["num_train_epochs"] = args.epochs
-            run_row_merged(raw, key, label, lambda: run_variant(recipe), keep)
+            run_row("quality_image", raw, key, label, lambda: run_variant(recipe), keep, merge_stored=True)
         for key, label, changes in TUNING:
             if not selected(key, only):
                 continue
@@ -281,7 +270,7 @@ def main():
             recipe["training"]["output_dir"] = str(work / key)
             if args.epochs is not None:
                 recipe["training"]["num_train_epochs"] = args.epochs
-            run_row_merged(raw, key, f"[slice] {label}", lambda: run_variant(recipe), keep)
+            run_row("quality_image", raw, key, f"[slice] {label}", lambda: run_variant(recipe), keep, merge_stored=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -95,17 +95,6 @@ def spread(values: list[float]) -> str:
             f"({min(values):.3f}-{max(values):.3f}, {len(values)} seeds)")
 
 
-def run_row_merged(raw: dict, key: str, title: str, measure, keep: bool) -> None:
-    """common.run_row, but the rows stored meanwhile by another invocation (run side by side) are read back
-    just before this one is saved, so neither overwrites the other's rows."""
-    def measure_and_merge():
-        row = measure()
-        raw.update({k: v for k, v in load_rows("quality_stamps", keep).items() if k != key})
-        return row
-
-    run_row("quality_stamps", raw, key, title, measure_and_merge, keep)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated: run only the variants whose key contains one of these")
@@ -130,8 +119,8 @@ def main():
                     recipe["model"]["model_name_or_path"] = random_init_checkpoint(work / f"random-init-{seed}", seed)
                 if args.epochs is not None:
                     recipe["training"]["num_train_epochs"] = args.epochs
-                run_row_merged(raw, f"{key}/seed{seed}", f"{label}, seed {seed}",
-                        lambda: run_variant(recipe), keep)
+                run_row("quality_stamps", raw, f"{key}/seed{seed}", f"{label}, seed {seed}",
+                        lambda: run_variant(recipe), keep, merge_stored=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
