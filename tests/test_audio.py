@@ -164,18 +164,19 @@ def test_log_mel_spectrograms_train_an_image_model(resnet_dir, audio_dirs, tmp_p
 
 @pytest.mark.slow
 def test_cli_and_accelerate_launch(w2v_dir, audio_dirs, tmp_path):
-    from test_distributed import ACCELERATE, ROOT, _env
+    from conftest import ROOT, child_env
+    from test_distributed import ACCELERATE
 
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(audio_recipe(w2v_dir, audio_dirs, tmp_path, training={"max_steps": 2})))
     cli = subprocess.run([sys.executable, "-m", "hftl.cli", "train", str(path), "overwrite_output_dir=true"],
-                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "eval_accuracy" in json.loads((tmp_path / "out" / "metrics.json").read_text())
     launched = subprocess.run(
         [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          str(ROOT / "hftl" / "run.py"), str(path), "overwrite_output_dir=true", "training.max_steps=3"],
-        capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["epoch"] > 0
 

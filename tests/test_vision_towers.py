@@ -196,7 +196,8 @@ def test_clip_linear_probe_from_the_cli_and_accelerate_launch(image_recipe, tmp_
 
     import yaml
 
-    from test_distributed import ACCELERATE, ROOT, _env
+    from conftest import ROOT, child_env
+    from test_distributed import ACCELERATE
 
     torch.manual_seed(0)
     model, proc = _build("clip")
@@ -208,7 +209,7 @@ def test_clip_linear_probe_from_the_cli_and_accelerate_launch(image_recipe, tmp_
     for command in ([sys.executable, "-m", "hftl.cli", "train", str(path)],
                     [*ACCELERATE, "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                      "--dynamo_backend", "no", str(ROOT / "hftl" / "run.py"), str(path), "overwrite_output_dir=true"]):
-        run = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+        run = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
         out = json.loads((tmp_path / "out" / "metrics.json").read_text())
         assert out["epoch"] > 0 and "eval_accuracy" in out
