@@ -4,7 +4,7 @@ from hftl.errors import HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
-__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "evaluate", "export", "load_model", "load_recipe", "lr_find", "plan", "predict", "train"]
+__all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "adapt", "evaluate", "export", "load_model", "load_recipe", "lr_find", "plan", "predict", "train"]
 
 
 def __getattr__(name):
@@ -17,6 +17,10 @@ def __getattr__(name):
         from hftl.runs.load import load_model
 
         return load_model
+    if name == "adapt":
+        from hftl.self_training import adapt
+
+        return adapt
     if name == "lr_find":
         from hftl.lr_range import lr_find
 

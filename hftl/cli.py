@@ -1,4 +1,4 @@
-"""`hftl train|validate|plan|lr-find|predict|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
+"""`hftl train|validate|plan|lr-find|adapt|predict|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--end-lr", type=float, default=10.0)
     f.add_argument("--steps", type=int, default=100, help="optimizer steps (the test stops early when the loss diverges)")
     f.add_argument("--output", default="lr_find.png", help="the plot (its numbers go beside it as .json)")
+    a = sub.add_parser("adapt", help="self-training on unlabelled target data, starting from a finished run")
+    a.add_argument("run_dir", help="the run trained on the labelled (source) data: round 0")
+    a.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the run's recipe, typed like YAML")
+    a.add_argument("--unlabeled", required=True, help="unlabelled target data: file or folder in the run's data format")
+    a.add_argument("--target-eval", default=None, help="labelled target data scored after every round")
+    a.add_argument("--threshold", type=float, default=0.9, help="keep predictions with top probability >= this")
+    a.add_argument("--rounds", type=int, default=3)
+    a.add_argument("--max-fraction", type=float, default=1.0, help="at most this share of the unlabelled rows per round")
+    a.add_argument("--output-dir", default=None, help="default: <run_dir>-adapted")
     r = sub.add_parser("predict", help="run a trained run (or an ensemble of runs) on new inputs")
     r.add_argument("paths", nargs="+", metavar="RUN_DIR... INPUT...",
                    help="one or more run dirs (several: an ensemble), then files, folders, data files or texts")
@@ -73,6 +82,7 @@ def _run(args) -> int:
     if args.command == "train":
         result = hftl.train(args.recipe, args.overrides)
         if result.trainer.is_world_process_zero():
+            _print_rounds(result)
             shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float) and k.startswith("eval_")}
             print(f"done: {result.output_dir}  {shown}")
         # Tear the process group down before exit: gloo ranks otherwise sometimes abort at
@@ -87,6 +97,14 @@ def _run(args) -> int:
         suggested = f"{result.suggestion:.3g}" if result.suggestion else "none (too few points: raise --steps)"
         print(f"suggested training.learning_rate: {suggested}  ({len(result.lrs)} steps, "
               f"{result.lrs[0]:.1e} .. {result.lrs[-1]:.1e}; plot: {result.files['plot']})")
+        return 0
+    if args.command == "adapt":
+        result = hftl.adapt(args.run_dir, args.unlabeled, args.output_dir, target_eval=args.target_eval,
+                            threshold=args.threshold, rounds=args.rounds, max_fraction=args.max_fraction,
+                            overrides=args.overrides)
+        _print_rounds(result)
+        print(f"done: {result.output_dir}")
+        result.trainer.accelerator.end_training()
         return 0
     if args.command == "predict":
         return _predict(args)
@@ -125,6 +143,13 @@ def _run(args) -> int:
         print(push_output_dir(args.output_dir, hub))
         return 0
     return 2
+
+
+def _print_rounds(result) -> None:
+    from hftl.self_training import summary
+
+    for record in result.rounds:
+        print(f"self-training round {record['round']}: {summary(record)}")
 
 
 def _split_runs(paths: list[str]) -> tuple[list[str], list[str]]:

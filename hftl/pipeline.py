@@ -24,6 +24,7 @@ class TrainResult:
     plan: Any = None
     label_names: list[str] = field(default_factory=list)
     push_error: str | None = None  # hub.push failed (the output dir is complete); the message says why
+    rounds: list[dict] = field(default_factory=list)  # self-training: one record per round
 
 
 @dataclass
@@ -78,8 +79,9 @@ def _check_output_dir(recipe: Recipe, resuming: bool) -> None:
             "overwrite_output_dir: true, or resume with training.resume_from_checkpoint: true.")
 
 
-def setup(recipe: Recipe) -> Setup:
-    """Build data, model and strategy. Writes nothing."""
+def setup(recipe: Recipe, extra_train=None) -> Setup:
+    """Build data, model and strategy. Writes nothing. `extra_train`: rows added to the training split (load_splits'
+    form, a `labels` column of class ids: self-training's pseudo-labels)."""
     from transformers import set_seed
 
     from hftl import models
@@ -92,6 +94,11 @@ def setup(recipe: Recipe) -> Setup:
     set_seed(recipe.seed)
     task = get_task(recipe.task)
     splits = load_splits(recipe.data, recipe.seed, task)
+    if extra_train is not None:
+        from datasets import concatenate_datasets
+
+        extra = extra_train.select_columns(splits.train.column_names).cast(splits.train.features)
+        splits.train = concatenate_datasets([splits.train, extra])
     processor = models.load_processor(task, recipe.model, recipe.data)
     model = models.build_model(task, recipe.model, splits.label_names, recipe.data)
     teacher = order = None
@@ -224,12 +231,21 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
 
     `callbacks`: extra `transformers.TrainerCallback`s (after hftl's own)."""
     recipe = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
+    if recipe.self_training is not None:
+        from hftl.self_training import self_train
+
+        return self_train(recipe, callbacks)
+    return train_once(recipe, callbacks)
+
+
+def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) -> TrainResult:
+    """One training run (`train` without its multi-round blocks); `extra_train`: rows added to the training split."""
     resume = _resume_path(recipe)
     _check_output_dir(recipe, resume is not None)
     out = recipe.output_dir
     created = not out.exists()
     try:
-        s = setup(recipe)
+        s = setup(recipe, extra_train)
         trainer = _make_trainer(s)
         stop = StopOnSignal()
         trainer.add_callback(stop)

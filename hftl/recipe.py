@@ -427,6 +427,23 @@ class DistillSection(Section):
         "then only supplies the processor, which must be the teacher's).")
 
 
+class SelfTrainingSection(Section):
+    """Domain adaptation by pseudo-labels: train on the labelled data, label the unlabelled target rows the model
+    is sure of, train again on both; repeat."""
+
+    unlabeled: str = Field(description="The unlabelled target data: a file (csv/json/jsonl/parquet) or folder in the "
+                           "recipe's data format, as `hftl eval --data` takes; a label column, if present, is never "
+                           "trained on (it only scores the pseudo-labels).")
+    threshold: float = Field(0.9, gt=0, lt=1, description="Keep a pseudo-label when the model's top class probability "
+                             "is at least this.")
+    rounds: PositiveInt = Field(3, description="Pseudo-labelling rounds after the first, labelled-data-only round; "
+                                "each trains afresh from model.model_name_or_path on the labelled + pseudo-labelled rows.")
+    max_fraction: float = Field(1.0, gt=0, le=1, description="At most this share of the unlabelled rows per round, "
+                                "the most confident first.")
+    target_eval: str | None = Field(None, description="Labelled target data (file or folder, as `unlabeled`) scored "
+                                    "after every round; its rows must not be the unlabelled ones.")
+
+
 class GenerationSection(Section):
     """Sampled completions after training (causal LM) and the decoding of generation-based evaluation (seq2seq)."""
 
@@ -456,6 +473,9 @@ class Recipe(Section):
     distill: DistillSection | None = Field(None, description="Train on a teacher's softened predictions too.",
                                            json_schema_extra={"tasks": ["text-classification", "image-classification",
                                                                         "audio-classification"]})
+    self_training: SelfTrainingSection | None = Field(
+        None, description="Adapt to an unlabelled target domain by pseudo-label rounds.",
+        json_schema_extra={"tasks": ["text-classification", "image-classification", "audio-classification"]})
     ema: EmaSection | None = Field(None, description="Average the weights over training steps (EMA); the average is "
                                    "what the run evaluates and saves.")
     eval_tta: list[Literal["hflip", "vflip"]] = Field(

@@ -38,8 +38,9 @@ def shown_inputs(ds, column: str) -> list[str]:
     return [f"row {i}" for i in range(len(ds))]
 
 
-def labelled_data(run: Run, data: str | Path | None):
-    """The data to score, labels encoded like the run's: its validation split, or `data` (file or folder)."""
+def labelled_data(run: Run, data: str | Path | None, what: str = "--data"):
+    """The data to score, labels encoded like the run's: its validation split, or `data` (file or folder). `what`
+    names `data` in errors (the CLI flag or the recipe key)."""
     from datasets import Dataset, Features, List
 
     from hftl.data import _load_raw, load_splits
@@ -49,14 +50,14 @@ def labelled_data(run: Run, data: str | Path | None):
         return load_splits(recipe.data, recipe.seed, task).validation
     p = Path(data)
     if not p.exists():
-        raise HftlError(f"--data '{data}' does not exist: give a data file (csv/json/jsonl/parquet) or a folder.")
+        raise HftlError(f"{what} '{data}' does not exist: give a data file (csv/json/jsonl/parquet) or a folder.")
     keys = {"dataset_name": None, "train_dir": None, "train_file": None, "validation_dir": None, "validation_file": None}
     keys["train_dir" if p.is_dir() else "train_file"] = str(p)
     section = recipe.data.model_copy(update=keys)
     raw = _load_raw(section, task)["train"]
     column = recipe.data.label_column_name or task.label_column
     if column not in raw.column_names:
-        raise HftlError(f"--data '{data}' has no label column '{column}' (the run's data.label_column_name); columns "
+        raise HftlError(f"{what} '{data}' has no label column '{column}' (the run's data.label_column_name); columns "
                         f"are: {', '.join(raw.column_names)}.")
     names = run.label_names
     feature = task.label_feature(names)
@@ -65,7 +66,7 @@ def labelled_data(run: Run, data: str | Path | None):
     try:
         _, ds, _ = task.encode_labels(reference, raw, column)
     except HftlError as e:
-        raise HftlError(f"--data '{data}' has labels the run never saw: {e} The run knows: {', '.join(names)}.") from None
+        raise HftlError(f"{what} '{data}' has labels the run never saw: {e} The run knows: {', '.join(names)}.") from None
     return ds.rename_column(column, "labels") if column != "labels" else ds
 
 
