@@ -42,6 +42,7 @@ class Setup:
     eval_dataset: Any = None
     collator: Any = None
     cache: Any = None  # FeatureCache when backbone features are computed once
+    forgetting: Any = None  # continual: old/new scores before and after training
     loss_terms: list = field(default_factory=list)  # added to the task loss in training (distillation, ...)
 
 
@@ -94,13 +95,22 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
     set_seed(recipe.seed)
     task = get_task(recipe.task)
     splits = load_splits(recipe.data, recipe.seed, task)
-    if extra_train is not None:
-        from datasets import concatenate_datasets
+    previous = None
+    if recipe.continual is not None:
+        from hftl.continual import previous_run, replay_sample
 
-        extra = extra_train.select_columns(splits.train.column_names).cast(splits.train.features)
-        splits.train = concatenate_datasets([splits.train, extra])
+        if recipe.continual.ewc is not None and recipe.peft is not None:
+            raise HftlError("Recipe key 'continual.ewc' keeps the previous run's weights close to where they were; with "
+                        "peft those weights are frozen and only a new adapter trains. Use continual.replay, or drop peft.")
+        previous, model = previous_run(recipe.continual, task, splits.label_names)
+        if recipe.continual.replay is not None:
+            old = replay_sample(recipe.continual, previous, len(splits.train), recipe.seed)
+            splits.train = _joined(splits.train, old, "continual.replay.data")
+    if extra_train is not None:
+        splits.train = _joined(splits.train, extra_train, "self_training.unlabeled")
     processor = models.load_processor(task, recipe.model, recipe.data)
-    model = models.build_model(task, recipe.model, splits.label_names, recipe.data)
+    if previous is None:
+        model = models.build_model(task, recipe.model, splits.label_names, recipe.data)
     teacher = order = None
     if recipe.distill is not None:
         from hftl.distill import load_teacher, truncate
@@ -115,6 +125,9 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
     # What the run evaluates with and saves, so plain transformers loads preprocess as the run did.
     processor = task.portable_processor(processor, recipe.data, model)
     _check_push(recipe, model)
+    fisher = None
+    if previous is not None and recipe.continual.ewc is not None:
+        fisher = _old_fisher(recipe, previous, processor, model)
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
         model = build_peft_model(model, recipe.peft, task.peft_task_type, find_head(model), task.adapter_modules(model))
@@ -145,8 +158,41 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
 
         terms.append(Distillation(teacher.to(device), recipe.distill.temperature, recipe.distill.alpha, order))
         _check_teacher(terms[-1], train_ds, collator, len(splits.label_names), device)
+    forgetting = None
+    if previous is not None:
+        from hftl.continual import Ewc, Forgetting, old_rows
+        from hftl.runs.load import prepare_eval
+
+        if fisher is not None:
+            terms.append(Ewc(model, fisher, recipe.continual.ewc.lambda_))
+        old_eval, old_collate = prepare_eval(previous, old_rows(previous, recipe.continual.old_eval, "old_eval"),
+                                             processor, model)
+        forgetting = Forgetting(previous, old_eval, old_collate, eval_ds, collator, args.per_device_eval_batch_size)
     return Setup(recipe, task, splits, processor, model, args, plan, train_ds, eval_ds, collator,
-                 cache=_feature_cache(recipe, task, model, plan, collator, args), loss_terms=terms)
+                 cache=_feature_cache(recipe, task, model, plan, collator, args), loss_terms=terms, forgetting=forgetting)
+
+
+def _joined(train, rows, key: str):
+    """The training split plus `rows` (same columns, cast to the split's features)."""
+    from datasets import concatenate_datasets
+
+    missing = [c for c in train.column_names if c not in rows.column_names]
+    if missing:
+        raise HftlError(f"Recipe key '{key}': its rows lack the training data's column(s) {', '.join(missing)} (they "
+                        f"have {', '.join(rows.column_names)}); give data in the recipe's format.")
+    return concatenate_datasets([train, rows.select_columns(train.column_names).cast(train.features)])
+
+
+def _old_fisher(recipe, previous, processor, model):
+    """EWC's diagonal Fisher of the previous model on the old data (replay.data, else its training split)."""
+    from hftl.continual import fisher, old_rows
+    from hftl.runs.load import prepare_eval
+
+    section = recipe.continual
+    source = section.replay.data if section.replay is not None else None
+    data, collate = prepare_eval(previous, old_rows(previous, source, "replay.data").shuffle(seed=recipe.seed),
+                                 processor, model)
+    return fisher(model, previous, data, collate, section.ewc.samples, source or "training split", recipe.seed)
 
 
 def _check_teacher(term, train_ds, collator, num_labels: int, device) -> None:
@@ -246,6 +292,8 @@ def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) 
     created = not out.exists()
     try:
         s = setup(recipe, extra_train)
+        if s.forgetting is not None:
+            s.forgetting.measure("before", s.model)
         trainer = _make_trainer(s)
         stop = StopOnSignal()
         trainer.add_callback(stop)
@@ -271,6 +319,9 @@ def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) 
     if s.cache is not None:  # the real backbone forward again: the returned/saved model is a normal one
         s.cache.restore()
         metrics["cached_features"] = True
+    if s.forgetting is not None:
+        s.forgetting.measure("after", trainer.accelerator.unwrap_model(trainer.model))
+        metrics.update(s.forgetting.metrics())
     metrics = {k: v for k, v in metrics.items()}
     metrics["train_runtime"] = trainer.state.log_history[-2].get("train_runtime") if len(trainer.state.log_history) > 1 else None
     if trainer.is_world_process_zero():
@@ -374,6 +425,9 @@ def _task_report(s: Setup, trainer) -> list[str]:
     lines, files = s.task.report(model, s.processor, s.recipe)
     for name, text in files.items():
         write_text(s.recipe.output_dir / name, text)
+    if s.forgetting is not None:
+        s.forgetting.plot(s.recipe.output_dir / "forgetting.png")
+        lines += s.forgetting.card_lines(s.recipe.continual)
     return _regularizer_notes(s.recipe) + lines
 
 

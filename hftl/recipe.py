@@ -444,6 +444,34 @@ class SelfTrainingSection(Section):
                                     "after every round; its rows must not be the unlabelled ones.")
 
 
+class ReplaySection(Section):
+    data: str | None = Field(None, description="Labelled old data (file or folder in the recipe's format); default: "
+                             "the previous run's own training split.")
+    fraction: float = Field(0.2, gt=0, le=1, description="Replay rows added, as a share of the new training rows "
+                            "(a seeded sample of the old data, at most all of it).")
+
+
+class EwcSection(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    lambda_: float = Field(1000.0, alias="lambda", gt=0, description="Penalty weight: lambda / 2 x sum_i F_i "
+                           "(theta_i - theta_old_i)^2, F the diagonal Fisher on the old data.")
+    samples: PositiveInt = Field(256, description="Old examples the Fisher is estimated on (once; stored in the "
+                                 "previous run dir as ewc_fisher.safetensors).")
+
+
+class ContinualSection(Section):
+    """Continual fine-tuning: start from a previous run's weights, keep the old task with replay and/or EWC;
+    old and new accuracy before and after go into the card (forgetting made visible)."""
+
+    previous: str = Field(description="The hftl run dir to continue from (same task and labels).")
+    replay: ReplaySection | None = Field(None, description="Mix a sample of the old data into training.")
+    ewc: EwcSection | None = Field(None, description="Elastic weight consolidation: penalize moving the weights the "
+                                   "old task needs (not with peft, whose base does not train).")
+    old_eval: str | None = Field(None, description="Labelled old data scored before and after; default: the "
+                                 "previous run's validation split.")
+
+
 class GenerationSection(Section):
     """Sampled completions after training (causal LM) and the decoding of generation-based evaluation (seq2seq)."""
 
@@ -473,6 +501,9 @@ class Recipe(Section):
     distill: DistillSection | None = Field(None, description="Train on a teacher's softened predictions too.",
                                            json_schema_extra={"tasks": ["text-classification", "image-classification",
                                                                         "audio-classification"]})
+    continual: ContinualSection | None = Field(
+        None, description="Continue a previous run on new data (replay, EWC), forgetting measured.",
+        json_schema_extra={"tasks": ["text-classification", "image-classification", "audio-classification"]})
     self_training: SelfTrainingSection | None = Field(
         None, description="Adapt to an unlabelled target domain by pseudo-label rounds.",
         json_schema_extra={"tasks": ["text-classification", "image-classification", "audio-classification"]})
@@ -708,7 +739,7 @@ def _section_fields(model_cls: type[BaseModel], path: list[str]) -> list[str]:
         if not inner:
             return []
         cls = inner[0]
-    return list(cls.model_fields)
+    return [f.alias or name for name, f in cls.model_fields.items()]
 
 
 def load_recipe(source: str | os.PathLike | dict | Recipe, overrides: list[str] | None = None) -> Recipe:

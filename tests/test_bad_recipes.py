@@ -184,6 +184,14 @@ def bad_assets(tmp_path_factory, bert_dir, vit_dir, w2v_dir, gpt2_lm_dir, gpt2_n
     (d / "model_bad_config" / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
     (d / "checkpoint-partial").mkdir()
     (d / "checkpoint-partial" / "config.json").write_text("{}")
+    # run dirs as hftl writes them (recipe + labels; read before any weights): another task, other labels
+    for name, task, model, data, labels in (
+            ("run_image", "image-classification", vit_dir, {"train_dir": str(image_dirs[0])}, ["blue", "red"]),
+            ("run_three_labels", "text-classification", bert_dir, {"train_file": str(d / "train.csv")}, ["a", "b", "c"])):
+        (d / name).mkdir()
+        (d / name / "recipe.yaml").write_text(json.dumps({"task": task, "model": {"model_name_or_path": str(model)},
+                                                           "data": data, "training": {"output_dir": str(d / name)}}))
+        (d / name / "labels.json").write_text(json.dumps(labels))
     return {"BERT": str(bert_dir), "VIT": str(vit_dir), "W2V": str(w2v_dir), "GPT2": str(gpt2_lm_dir),
             "GPT2_NOCHAT": str(gpt2_nochat_dir), "T5": str(t5_dir), "DATA": str(d)}
 

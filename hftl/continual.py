@@ -1,0 +1,188 @@
+"""Continual fine-tuning (`continual:`): a run that continues a previous run on new data.
+
+The model starts as the previous run's trained model (an adapter merged in memory). Against forgetting:
+`replay` mixes a seeded sample of the old data into the training rows; `ewc` adds elastic weight consolidation,
+lambda / 2 * sum_i F_i (theta_i - theta_old_i)^2 (Kirkpatrick et al. 2017), F the diagonal Fisher of the
+previous model on the old data, estimated once with labels sampled from the model's own predictions and
+stored in the previous run dir (ewc_fisher.safetensors, keyed by the data and sample count). Old and new
+accuracy are measured before training (the previous model) and after (this run): metrics.json, the card and
+forgetting.png show what the new data cost the old task.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from hftl.errors import HftlError
+
+logger = logging.getLogger("hftl")
+
+FISHER_FILE = "ewc_fisher.safetensors"
+
+
+def previous_run(section, task, label_names: list[str]):
+    """(the previous run, its model): the same task and labels as this recipe's data, checked."""
+    from hftl.runs.load import load_model, read_run
+
+    path = Path(section.previous)
+    if not (path / "recipe.yaml").is_file():
+        raise HftlError(f"Recipe key 'continual.previous': '{section.previous}' is not an hftl run dir (no "
+                        "recipe.yaml); give the training.output_dir of the run to continue.")
+    run = read_run(path)
+    if run.task.name != task.name:
+        raise HftlError(f"Recipe key 'continual.previous': '{section.previous}' is a {run.task.name} run; this "
+                        f"recipe's task is {task.name}.")
+    if list(run.label_names) != list(label_names):
+        raise HftlError(f"Recipe key 'continual.previous': the previous run's labels {run.label_names} are not the "
+                        f"data's {label_names}; continual fine-tuning keeps one head, so the new data must use the "
+                        "same classes.")
+    model = load_model(path)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return run, model.train()
+
+
+def old_rows(run, path: str | None, key: str):
+    """Labelled old data: a file/folder, or (None) the previous run's own split (`key`: replay -> train)."""
+    from hftl.data import load_splits
+    from hftl.runs.evaluate import labelled_data
+
+    if path is not None:
+        return labelled_data(run, path, f"Recipe key 'continual.{key}':")
+    splits = load_splits(run.recipe.data, run.recipe.seed, run.task)
+    return splits.train if key == "replay.data" else splits.validation
+
+
+def replay_sample(section, run, n_new: int, seed: int):
+    old = old_rows(run, section.replay.data, "replay.data")
+    n = min(len(old), max(1, round(section.replay.fraction * n_new)))
+    return old.shuffle(seed=seed).select(range(n))
+
+
+class Ewc:
+    """The EWC loss term (HftlTrainer.loss_terms): lambda / 2 * sum F (theta - theta_old)^2 over the parameters
+    that have a Fisher entry and train."""
+
+    name = "ewc"
+    task_weight = 1.0
+
+    def __init__(self, model, fisher: dict[str, torch.Tensor], strength: float):
+        params = dict(model.named_parameters())
+        self.names = [n for n in fisher if n in params]
+        self.anchor = {n: params[n].detach().clone() for n in self.names}
+        self.fisher = {n: fisher[n].to(params[n].device) for n in self.names}
+        self.strength = strength
+
+    def __call__(self, model, inputs, outputs) -> torch.Tensor:
+        params = {n.removeprefix("module."): p for n, p in model.named_parameters()}  # DDP wraps the model
+        total = 0.0
+        for n in self.names:
+            p = params.get(n)
+            if p is not None and p.requires_grad:
+                self.anchor[n], self.fisher[n] = self.anchor[n].to(p.device), self.fisher[n].to(p.device)
+                total = total + (self.fisher[n] * (p - self.anchor[n]) ** 2).sum()
+        return self.strength / 2 * total
+
+
+def fisher(model, run, data, collate, samples: int, source: str, seed: int) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of `model` on the first `samples` rows of prepared old data: the mean squared gradient of
+    log p(y | x), y drawn from the model's own prediction. Read from / stored in the previous run dir."""
+    from safetensors.torch import load_file, save_file
+
+    path = run.path / FISHER_FILE
+    key = {"data": source, "samples": str(samples), "seed": str(seed)}
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if f.metadata() == key:
+                logger.info("EWC: the Fisher from %s", path)
+                return load_file(str(path))
+    from hftl.runs.load import batches, model_device
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p, device="cpu") for n, p in params.items()}
+    generator = torch.Generator().manual_seed(seed)
+    was_training, count = model.training, 0
+    model.eval()  # no dropout: the Fisher of the model as it predicts
+    n = min(samples, len(data))
+    for _, batch, _ in batches(data.select(range(n)), collate, 1, model_device(model)):
+        batch.pop("labels", None)
+        model.zero_grad(set_to_none=True)
+        logits = model(**batch).logits.float()
+        log_p = torch.log_softmax(logits, dim=-1)
+        y = torch.multinomial(log_p.detach().exp().cpu(), 1, generator=generator).to(log_p.device)
+        log_p.gather(-1, y).sum().backward()
+        for name, p in params.items():
+            if p.grad is not None:
+                total[name] += p.grad.detach().cpu() ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    result = {name: t / max(count, 1) for name, t in total.items()}
+    try:
+        save_file({k: v.contiguous() for k, v in result.items()}, str(path), metadata=key)
+    except OSError as e:  # a read-only previous run: compute again next time
+        logger.warning("EWC: could not store the Fisher in %s (%s)", path, e)
+    return result
+
+
+class Forgetting:
+    """Old and new accuracy (and macro-F1) before and after training; the card lines and the plot."""
+
+    def __init__(self, run, old_data, old_collate, new_data, new_collate, batch_size: int):
+        self.run, self.batch_size = run, batch_size
+        self.sets = {"old": (old_data, old_collate), "new": (new_data, new_collate)}
+        self.scores: dict[str, dict[str, float]] = {}
+
+    def measure(self, when: str, model) -> None:
+        from hftl.runs.evaluate import metrics_of, score_prepared
+
+        was_training = model.training
+        model.eval()
+        for name, (data, collate) in self.sets.items():
+            scored = score_prepared(self.run.task, model, data, collate, [""] * len(data), self.batch_size)
+            m = metrics_of(self.run, scored.probs, scored.true)
+            self.scores[f"{name}_{when}"] = {k.removeprefix("eval_"): v for k, v in m.items()}
+        model.train(was_training)
+
+    def metrics(self) -> dict:
+        return {f"continual_{k}_{m}": v for k, s in self.scores.items() for m, v in s.items()}
+
+    def card_lines(self, section) -> list[str]:
+        keys = sorted({m for s in self.scores.values() for m in s})
+        lines = ["", "## Continual fine-tuning (forgetting)", "",
+                 f"Continued from `{section.previous}`" + (f"; replay: {section.replay.fraction:.0%} of the new rows "
+                 f"sampled from {section.replay.data or 'its training split'}" if section.replay else "") +
+                 (f"; EWC lambda {section.ewc.lambda_:g} on a Fisher from {section.ewc.samples} old examples"
+                  if section.ewc else "") + ". Old data: " + (section.old_eval or "the previous run's validation split")
+                 + "; new data: this run's validation split.", "",
+                 "| data | " + " | ".join(f"{k} before | {k} after | change" for k in keys) + " |",
+                 "|---|" + "---:|---:|---:|" * len(keys)]
+        for name in ("old", "new"):
+            b, a = self.scores.get(f"{name}_before", {}), self.scores.get(f"{name}_after", {})
+            cells = [f"{b[k]:.4f} | {a[k]:.4f} | {a[k] - b[k]:+.4f}" if k in a and k in b else "- | - | -" for k in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return lines + ["", "![forgetting](forgetting.png)"]
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for i, when in enumerate(("before", "after")):
+            values = [self.scores.get(f"{d}_{when}", {}).get("accuracy", 0.0) for d in ("old", "new")]
+            ax.bar([x + 0.38 * i for x in (0, 1)], values, width=0.36, label=when)
+        ax.set_xticks([0.19, 1.19], ["old data", "new data"])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title("continual: before vs after")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
