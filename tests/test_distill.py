@@ -123,3 +123,26 @@ def test_teacher_with_other_labels_is_refused(text_recipe, teacher_run, tmp_path
         load_recipe(text_recipe(distill={"teacher": str(teacher_run), "alpha": 1.5}))
     with pytest.raises(RecipeError, match=r"'distill' is read by task"):
         load_recipe({**text_recipe(), "task": "token-classification", "distill": {"teacher": str(teacher_run)}})
+
+
+def test_truncated_student_pools_with_its_own_attention_mask():
+    """A deep copy keeps the pooling pre-hook: it must feed the copy's pooler, not the teacher's."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hftl.distill import truncate
+    from hftl.remote.hftl_pooling import use_token_pooling
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=4,
+                                                       num_attention_heads=2, intermediate_size=20)).eval()
+    use_token_pooling(teacher, "mean")
+    student = truncate(teacher, [0, 2]).eval()
+    ids = torch.tensor([[5, 6, 7, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    student(input_ids=ids, attention_mask=mask)
+    assert torch.equal(student.bert.pooler.attention_mask, mask)
+    assert teacher.bert.pooler.attention_mask is None or teacher.bert.pooler.attention_mask is not mask
+    # padding changes nothing: the student's pooler ignores it like the teacher's does
+    short = student(input_ids=ids[:, :3], attention_mask=mask[:, :3]).logits
+    assert torch.allclose(student(input_ids=ids, attention_mask=mask).logits, short, atol=1e-5)

@@ -55,7 +55,9 @@ def use_token_pooling(model: nn.Module, mode: str) -> None:
     backbone.pooler = pooler
 
     def keep_mask(module, args, kwargs):
-        pooler.attention_mask = kwargs.get("attention_mask")
+        # the module's own pooler, not a closure's: a deep copy of the model (a distillation student) pools its own
+        if isinstance(module.pooler, TokenPooler):
+            module.pooler.attention_mask = kwargs.get("attention_mask")
 
     # On the backbone, not the task model: the backbone is also called alone (hftl's feature cache).
     backbone.register_forward_pre_hook(keep_mask, with_kwargs=True)
