@@ -95,24 +95,12 @@ def _label_names(recipe, task, start) -> list[str]:
     return read_run(start).label_names if start is not None else load_splits(recipe.data, recipe.seed, task).label_names
 
 
-def _read(run, path: str, key: str, labelled: bool):
-    """Rows of a self_training data file/folder, labels encoded like the run's (`labels`) where `labelled`."""
-    from hftl.data import _load_raw
-    from hftl.runs.evaluate import labelled_data
+def _read(run, path: str, key: str):
+    """The rows of a self_training data file/folder, as loaded, checked for the recipe's input column."""
+    from hftl.runs.evaluate import raw_rows
 
     what = f"Recipe key 'self_training.{key}':"
-    if labelled:
-        return labelled_data(run, path, what)
-    p = Path(path)
-    if not p.exists():
-        raise HftlError(f"{what} '{path}' does not exist: give a data file (csv/json/jsonl/parquet) or a folder in "
-                        "the recipe's data format.")
-    keys = {"dataset_name": None, "train_dir": None, "train_file": None, "validation_dir": None, "validation_file": None}
-    keys["train_dir" if p.is_dir() else "train_file"] = str(p)
-    try:
-        raw = _load_raw(run.recipe.data.model_copy(update=keys), run.task)["train"]
-    except HftlError as e:
-        raise HftlError(f"{what} {e}") from None
+    raw = raw_rows(run, path, what, name_load_errors=True)
     column = run.task.input_column(run.recipe.data)
     if column not in raw.column_names:
         raise HftlError(f"{what} '{path}' has no column '{column}' (the recipe's input column); columns are: "
@@ -124,12 +112,14 @@ def _read(run, path: str, key: str, labelled: bool):
 
 def _unlabeled(run, path: str):
     """(rows without labels, their true label ids or None): a label column is kept aside, never trained on."""
-    rows = _read(run, path, "unlabeled", labelled=False)
+    from hftl.runs.evaluate import encode_like_run
+
+    rows = _read(run, path, "unlabeled")
     column = run.recipe.data.label_column_name or run.task.label_column
     if column not in rows.column_names:
         return rows, None
     try:
-        held = np.asarray(_read(run, path, "unlabeled", labelled=True)["labels"])
+        held = np.asarray(encode_like_run(run, rows, path, "")["labels"])
     except HftlError:  # labels the run does not know (an image folder's own name): plain unlabelled rows
         held = None
     return rows.remove_columns(column), held
@@ -139,7 +129,9 @@ def _target(run, path: str, unlabeled: str):
     if Path(path).resolve() == Path(unlabeled).resolve():
         raise HftlError(f"Recipe key 'self_training.target_eval': '{path}' is the unlabelled data itself; score on "
                         "labelled target rows the rounds do not train on.")
-    return _read(run, path, "target_eval", labelled=True)
+    from hftl.runs.evaluate import labelled_data
+
+    return labelled_data(run, path, "Recipe key 'self_training.target_eval':")
 
 
 def _score_target(run, target, model) -> dict:

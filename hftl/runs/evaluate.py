@@ -41,21 +41,37 @@ def shown_inputs(ds, column: str) -> list[str]:
 def labelled_data(run: Run, data: str | Path | None, what: str = "--data"):
     """The data to score, labels encoded like the run's: its validation split, or `data` (file or folder). `what`
     names `data` in errors (the CLI flag or the recipe key)."""
-    from datasets import Dataset, Features, List
+    from hftl.data import load_splits
 
-    from hftl.data import _load_raw, load_splits
-
-    recipe, task = run.recipe, run.task
     if data is None:
-        return load_splits(recipe.data, recipe.seed, task).validation
+        return load_splits(run.recipe.data, run.recipe.seed, run.task).validation
+    return encode_like_run(run, raw_rows(run, data, what), data, what)
+
+
+def raw_rows(run: Run, data: str | Path, what: str, name_load_errors: bool = False):
+    """The rows of a data file or folder in the run's data format, as loaded (labels not encoded).
+    `name_load_errors`: a file that does not load is reported under `what` too."""
+    from hftl.data import _load_raw
+
     p = Path(data)
     if not p.exists():
         raise HftlError(f"{what} '{data}' does not exist: give a data file (csv/json/jsonl/parquet) or a folder.")
     keys = {"dataset_name": None, "train_dir": None, "train_file": None, "validation_dir": None, "validation_file": None}
     keys["train_dir" if p.is_dir() else "train_file"] = str(p)
-    section = recipe.data.model_copy(update=keys)
-    raw = _load_raw(section, task)["train"]
-    column = recipe.data.label_column_name or task.label_column
+    try:
+        return _load_raw(run.recipe.data.model_copy(update=keys), run.task)["train"]
+    except HftlError as e:
+        if name_load_errors:
+            raise HftlError(f"{what} {e}") from None
+        raise
+
+
+def encode_like_run(run: Run, raw, data, what: str):
+    """`raw` rows with their labels encoded as the run's ids, in a `labels` column."""
+    from datasets import Dataset, Features, List
+
+    task = run.task
+    column = run.recipe.data.label_column_name or task.label_column
     if column not in raw.column_names:
         raise HftlError(f"{what} '{data}' has no label column '{column}' (the run's data.label_column_name); columns "
                         f"are: {', '.join(raw.column_names)}.")
