@@ -128,6 +128,11 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
     fisher = None
     if previous is not None and recipe.continual.ewc is not None:
         fisher = _old_fisher(recipe, previous, processor, model)
+    decision = None
+    if recipe.strategy.preset == "auto":
+        from hftl.auto_strategy import resolve
+
+        recipe, decision = resolve(recipe, task, splits, processor, model)
     apply_reinit(model, recipe.strategy)
     if recipe.peft is not None:
         model = build_peft_model(model, recipe.peft, task.peft_task_type, find_head(model), task.adapter_modules(model))
@@ -147,6 +152,7 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
         defaults["label_smoothing_factor"] = reg.label_smoothing
     args = args_class(**{**defaults, **training})
     plan = plan_strategy(model, recipe.strategy, learning_rate=args.learning_rate, distributed=args.world_size > 1)
+    plan.decision = decision
     train_ds, eval_ds, collator = task.prepare(splits, processor, recipe.data, model)
     from hftl.preflight import check_first_step
 

@@ -25,7 +25,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
-PRESETS = ("feature_extraction", "partial", "full")
+PRESETS = ("feature_extraction", "partial", "full", "auto")
+AUTO_TASKS = ("text-classification", "image-classification", "audio-classification")  # what preset auto serves
 
 
 # YAML 1.1's boolean words: recipes read them as strings (YAML 1.2), and a field that takes only a boolean
@@ -308,8 +309,10 @@ class LayerMapOverride(Section):
 
 
 class StrategySection(Section):
-    preset: Literal["feature_extraction", "partial", "full"] | None = Field(
-        None, description="feature_extraction (frozen backbone), partial (lower half frozen) or full."
+    preset: Literal["feature_extraction", "partial", "full", "auto"] | None = Field(
+        None, description="feature_extraction (frozen backbone), partial (lower half frozen), full, or auto (chosen "
+        "before training from the data's size per class, a linear probe on the frozen features and the input "
+        "statistics' distance from the backbone's: hftl/auto_strategy.py); explicit keys override a preset."
     )
     freeze: Literal["none", "backbone"] | FreezeSpec | None = Field(None, description="What starts (and stays) frozen.")
     unfreeze: list[str] = Field(default_factory=list, description="Patterns kept trainable whatever `freeze` says.")
@@ -342,7 +345,7 @@ class StrategySection(Section):
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
-        if self.freeze is None and self.preset != "partial":
+        if self.freeze is None and self.preset not in ("partial", "auto"):
             object.__setattr__(self, "freeze", "none")
         return self
 
@@ -791,6 +794,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
                             "model is only written with peft.merge: true.")
     problems += _check_sharding(recipe)
     problems += _check_regularization(recipe)
+    problems += _check_auto(recipe)
     if not problems:
         problems += _check_training_values(recipe.training)
     return problems
@@ -815,6 +819,19 @@ def _task_keys(recipe: Recipe) -> list[str]:
                 problems.append(f"Recipe key '{section_name}.{key}' is read by task {' and '.join(tasks)} only; this "
                                 f"recipe's task is {recipe.task}: remove the key or change the task.")
     return problems
+
+
+def _check_auto(recipe: Recipe) -> list[str]:
+    if recipe.strategy.preset != "auto":
+        return []
+    if recipe.task not in AUTO_TASKS:
+        return [f"Recipe key 'strategy.preset' is auto, which chooses among classification strategies from a linear "
+                f"probe of the frozen features; task {recipe.task} is not one ({', '.join(AUTO_TASKS)}): give the strategy "
+                "explicitly (preset: feature_extraction | partial | full, or freeze / peft)."]
+    if recipe.peft is not None:
+        return ["Recipe key 'strategy.preset' is auto but a peft: section is given: the adapter already decides what "
+                "trains. Remove peft: to let auto choose, or drop preset: auto."]
+    return []
 
 
 def _check_regularization(recipe: Recipe) -> list[str]:

@@ -47,12 +47,16 @@ class TransferPlan:
     lrs: dict[str, LrAssignment]  # every may-train parameter's group and learning rate: the optimizer's too
     unfreeze_at: dict[int, str]
     callbacks: list = field(default_factory=list)
+    decision: object = None  # strategy.preset auto: hftl.auto_strategy.Decision (its evidence heads the table)
 
     def table(self) -> str:
-        return plan_table(self)
+        head = "\n".join(self.decision.lines()) + "\n\n" if self.decision is not None else ""
+        return head + plan_table(self)
 
 
 def plan_strategy(model: nn.Module, strategy: StrategySection, *, learning_rate: float, distributed: bool) -> TransferPlan:
+    if strategy.preset == "auto" and strategy.freeze is None:
+        raise HftlError("strategy.preset auto is resolved from the data before planning (hftl.auto_strategy.resolve).")
     lm = layer_map_for(model, strategy)
     freeze = strategy.freeze
     if freeze is None and strategy.preset == "partial":

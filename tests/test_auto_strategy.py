@@ -1,0 +1,150 @@
+"""`strategy.preset: auto`: the evidence measures what it claims, the table is followed, explicit keys win, and
+the probe leaves no trace (an auto run trains bit-identically to the strategy it chose, written out by hand)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import prepared
+
+from hftl.auto_strategy import BN_FAR, FEATURE_EXTRACTION_LR, decide
+
+
+def evidence(median, separability=0.8, bn_shift=None, pieces=None):
+    return {"train_examples": 10 * median, "classes": 10, "per_class_median": median, "per_class_min": median,
+            "probe_examples": 10 * median, "probe_folds": 5, "probe_balanced_accuracy": 0.1 + 0.9 * separability,
+            "separability": separability, "bn_shift": bn_shift, "bn_layers": 0 if bn_shift is None else 5,
+            "pieces_per_word": pieces}
+
+
+@pytest.mark.parametrize("ev, choice", [
+    (evidence(20), "feature extraction"),                          # small, close
+    (evidence(20, bn_shift=0.1), "feature extraction"),
+    (evidence(60, bn_shift=BN_FAR + 0.1), "full fine-tuning"),     # small but far: the features are the bottleneck
+    (evidence(20, bn_shift=BN_FAR + 0.1), "feature extraction"),   # too few to fine-tune even so
+    (evidence(60, separability=0.2), "full fine-tuning"),          # the features do not separate the classes
+    (evidence(60, pieces=3.0), "full fine-tuning"),                # the vocabulary does not fit the text
+    (evidence(300), "discriminative LR + gradual unfreezing"),     # medium, close
+    (evidence(300, bn_shift=BN_FAR + 0.1), "full fine-tuning"),    # medium, far
+    (evidence(5000), "full fine-tuning"),                          # large
+])
+def test_decide_follows_the_table(ev, choice):
+    d = decide(ev, learning_rate=1e-4, steps_per_epoch=100, depths=10)
+    assert d.choice == choice
+    if choice == "feature extraction":
+        assert d.keys == {"freeze": "backbone", "freeze_batchnorm": True} and d.learning_rate == FEATURE_EXTRACTION_LR
+    elif choice == "full fine-tuning":
+        assert d.keys == {"freeze": "none", "freeze_batchnorm": False} and d.learning_rate is None
+    else:  # head at 4x the learning rate, every depth group trainable within the first epoch
+        assert d.keys["discriminative_lr"] == {"layer_decay": 0.8, "head_lr": pytest.approx(4e-4)}
+        assert d.keys["gradual_unfreezing"] == {"every_steps": 10}
+    assert d.similarity == ("low" if (ev["bn_shift"] or 0) > BN_FAR or ev["separability"] < 0.5
+                            or (ev["pieces_per_word"] or 0) > 2 else "high")
+
+
+def _model_and_data(image_recipe, resnet_dir):
+    from hftl import models
+    from hftl.recipe import load_recipe
+    from hftl.tasks import get_task
+
+    recipe = image_recipe(model_dir=resnet_dir)
+    splits, processor, train, validation, collator = prepared(recipe)
+    r = load_recipe(recipe)
+    model = models.build_model(get_task(r.task), r.model, splits.label_names, r.data)
+    return r, splits, processor, model, validation, collator
+
+
+def test_probe_separability_reads_the_labels(image_recipe, resnet_dir):
+    """Red vs blue images: the frozen features separate the true classes; with the labels shuffled, chance."""
+    from hftl.auto_strategy import gather
+    from hftl.tasks import get_task
+
+    r, splits, processor, model, _, _ = _model_and_data(image_recipe, resnet_dir)
+    task = get_task(r.task)
+    real = gather(task, splits, processor, r.data, model, seed=0)
+    rng = np.random.default_rng(0)
+    shuffled = splits.train.map(lambda row: {"labels": int(rng.integers(0, 2))})
+    splits.train = shuffled
+    noise = gather(task, splits, processor, r.data, model, seed=0)
+    assert real["probe_balanced_accuracy"] >= 0.9 and real["separability"] >= 0.8
+    assert noise["separability"] < 0.4
+    assert real["per_class_median"] == 16 and real["classes"] == 2 and real["bn_layers"] > 0
+
+
+def test_bn_shift_grows_with_the_distance_from_the_running_statistics(image_recipe, resnet_dir):
+    """The running statistics set from the red/blue images: those images sit at ~0, their negatives far away."""
+    from datasets import Dataset
+
+    from hftl.auto_strategy import _features
+
+    r, splits, processor, model, validation, collator = _model_and_data(image_recipe, resnet_dir)
+    batch = collator([validation[i] for i in range(len(validation))])
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: the running statistics of exactly these images
+    model.train()
+    with torch.no_grad():
+        model(pixel_values=batch["pixel_values"])
+    model.eval()
+    near = Dataset.from_dict({"pixel_values": batch["pixel_values"].numpy(), "labels": batch["labels"].numpy()})
+    far = Dataset.from_dict({"pixel_values": (-3 * batch["pixel_values"] + 1).numpy(), "labels": batch["labels"].numpy()})
+    collate = lambda rows: {"pixel_values": torch.tensor(np.stack([np.asarray(x["pixel_values"]) for x in rows]),  # noqa: E731
+                                                         dtype=torch.float32)}
+    x, near_shift, layers = _features(model, near, collate, batch_size=len(near))
+    _, far_shift, _ = _features(model, far, collate, batch_size=len(far))
+    assert x.shape == (len(near), 16) and layers > 0
+    assert near_shift < 0.05 and far_shift > 20 * max(near_shift, 1e-3)
+
+
+def test_explicit_keys_win(text_recipe, bert_dir, monkeypatch):
+    """A recipe's own training.learning_rate and strategy keys stay; the rest comes from the choice."""
+    import hftl.auto_strategy as auto
+    from hftl.pipeline import setup
+    from hftl.recipe import load_recipe
+
+    monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(20))  # small, close: feature extraction at 3e-3
+    s = setup(load_recipe(text_recipe(strategy={"preset": "auto", "freeze_batchnorm": False},
+                                      training={"learning_rate": 1e-2})))
+    assert s.plan.decision.choice == "feature extraction"
+    assert s.recipe.strategy.freeze == "backbone" and s.recipe.strategy.freeze_batchnorm is False
+    assert s.recipe.training["learning_rate"] == 1e-2 == s.args.learning_rate
+    assert s.plan.decision.kept == ["strategy.freeze_batchnorm", "training.learning_rate"]
+    recipe = text_recipe(strategy={"preset": "auto"})
+    del recipe["training"]["learning_rate"]
+    s = setup(load_recipe(recipe))
+    assert s.args.learning_rate == FEATURE_EXTRACTION_LR and s.plan.decision.kept == []
+    head = {lr.lr for name, lr in s.plan.lrs.items()}
+    assert head == {FEATURE_EXTRACTION_LR}  # only the head trains, at the chosen rate
+    table = s.plan.table()
+    assert "Strategy chosen by `preset: auto`: **feature extraction**" in table and "| frozen |" in table
+
+
+def test_auto_run_equals_the_chosen_strategy_written_out(text_recipe, tmp_path):
+    """Real evidence on the toy data; the run's card and plan show it; recipe.yaml holds the choice, and training
+    from that file (no auto) gives bit-identical weights: the probe consumed no randomness and changed nothing."""
+    import hftl
+    from safetensors.torch import load_file
+
+    auto = hftl.train(text_recipe(strategy={"preset": "auto"}, training={"num_train_epochs": 1}))
+    decision = auto.plan.decision
+    assert decision is not None and decision.evidence["per_class_median"] > 0
+    card = (auto.output_dir / "README.md").read_text()
+    plan = (auto.output_dir / "plan.md").read_text()
+    for text in (card, plan):
+        assert f"**{decision.choice}**" in text and "linear probe on frozen features" in text
+    saved = hftl.load_recipe(auto.output_dir / "recipe.yaml")
+    assert saved.strategy.freeze == decision.keys["freeze"]
+    written = saved.to_dict()
+    written["strategy"].pop("preset")
+    written["training"]["output_dir"] = str(tmp_path / "by_hand")
+    by_hand = hftl.train(written)
+    assert by_hand.plan.decision is None
+    a = load_file(auto.output_dir / "model.safetensors")
+    b = load_file(by_hand.output_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((auto.output_dir / "metrics.json").read_text())["eval_accuracy"] == by_hand.metrics["eval_accuracy"]
