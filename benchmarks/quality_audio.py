@@ -87,6 +87,7 @@ VARIANTS = [
     # head's lr, the middle blocks ~0.7^9 = 0.04x.
     ("discriminative", "EfficientNet-Lite0 ImageNet, log-mel, discriminative LR (head 1e-3, decay 0.7)",
      {"strategy": {"discriminative_lr": {"layer_decay": 0.7}}}),
+    ("auto", "EfficientNet-Lite0 ImageNet, log-mel, `strategy.preset: auto` (its choice: results/auto_strategy.md)", {"strategy": {"preset": "auto"}}),
     ("scratch_cnn", "EfficientNet-Lite0 from random init (timm init), log-mel, full training (lr 1e-3)",
      {"model": {"model_name_or_path": "RANDOM_CNN"}, "strategy": {"preset": "full"}}),
     # A random conv feature encoder must train: hftl freezes it by default (right for pretrained speech models).

@@ -67,6 +67,7 @@ VARIANTS = [
      {"strategy": {"discriminative_lr": {"layer_decay": 0.85}, "gradual_unfreezing": {"every_steps": 3}}}, None),
     # LoRA on the 1x1 convolutions (PEFT LoRA supports Conv2d); the classifier trains in full. The base
     # weights, BN included, are frozen, so BN statistics stay fixed.
+    ("auto", "`strategy.preset: auto` (its choice: results/auto_strategy.md)", {"strategy": {"preset": "auto"}}, None),
     ("lora", "LoRA r=8 on 1x1 convs (conv_pw, conv_pwl, conv_head)",
      {"peft": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
                "target_modules": ["conv_pw", "conv_pwl", "conv_head"]},

@@ -58,6 +58,7 @@ VARIANTS = [
     ("partial", "partial fine-tuning: top 4 blocks + conv_head + head (`freeze: {below_depth: 13}`)",
      {"strategy": {"freeze": {"below_depth": 13}}}),
     ("full", "full fine-tuning (`preset: full`)", {"strategy": {"preset": "full"}}),
+    ("auto", "`strategy.preset: auto` (its choice: results/auto_strategy.md)", {"strategy": {"preset": "auto"}}),
     ("random_init", "same architecture from random init (timm's init), full training",
      {"model": {"model_name_or_path": "RANDOM"}, "strategy": {"preset": "full"}}),
 ]

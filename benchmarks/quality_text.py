@@ -66,6 +66,9 @@ VARIANTS = [
     ("discriminative_gradual", "hftl discriminative LR (head 2e-4, decay 0.8) + gradual unfreezing (every 15 steps)",
      {"strategy": {"discriminative_lr": {"layer_decay": 0.8}, "gradual_unfreezing": {"every_steps": 15}},
       "training": {"learning_rate": 2e-4, "warmup_steps": 0.1, "weight_decay": 0.01}}, None),
+    # the same training settings as the full row; auto keeps the recipe's lr for fine-tuning choices
+    ("auto", "hftl `strategy.preset: auto` (its choice: results/auto_strategy.md)",
+     {"strategy": {"preset": "auto"}, "training": {"warmup_steps": 0.1, "weight_decay": 0.01}}, None),
     ("lora", "hftl LoRA r=8 (query, value), lr 5e-4",
      {"peft": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1}, "training": {"learning_rate": 5e-4}},
      0.908),
