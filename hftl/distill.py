@@ -36,13 +36,59 @@ class Distillation:
         self.temperature, self.alpha, self.order = temperature, alpha, order
         self.task_weight = 1.0 - alpha
 
+        self.cached: dict[bytes, torch.Tensor] | None = None  # example digest -> teacher logits (cache_logits)
+        self.hits = self.misses = 0
+
     def teacher_logits(self, inputs: dict) -> torch.Tensor:
         with torch.no_grad():
             logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         return logits[..., self.order] if self.order is not None else logits
 
+    @torch.no_grad()
+    def cache_logits(self, dataset, collator, batch_size: int) -> None:
+        """The teacher's logits for every training example, computed once (eval mode, no randomness used). They are
+        found again by the example's inputs (its unpadded tensors), so any collator, order or padding serves them."""
+        from hftl.cache import _batches
+
+        device = next(self.teacher.parameters()).device
+        self.cached = {}
+        for _, batch in _batches(dataset, collator, batch_size):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for key, row in zip(example_keys(batch), self.teacher_logits(batch)):
+                self.cached[key] = row.detach().cpu()
+        logger.info("teacher logits of %d training examples cached", len(self.cached))
+
+    def logits_for(self, inputs: dict) -> torch.Tensor:
+        if self.cached is not None:
+            rows = [self.cached.get(k) for k in example_keys(inputs)]
+            if all(r is not None for r in rows):
+                self.hits += len(rows)
+                return torch.stack(rows).to(next(iter(v for v in inputs.values() if isinstance(v, torch.Tensor))).device)
+        self.misses += 1 if self.cached is not None else 0
+        return self.teacher_logits(inputs)
+
     def __call__(self, model, inputs: dict, outputs) -> torch.Tensor:
-        return self.alpha * kd_loss(outputs.logits, self.teacher_logits(inputs), self.temperature)
+        return self.alpha * kd_loss(outputs.logits, self.logits_for(inputs), self.temperature)
+
+
+def example_keys(batch: dict) -> list[bytes]:
+    """One digest per example of a collated batch: its input tensors without padding (positions where the attention
+    mask is 0), so the same example gives the same key whatever batch it was padded in."""
+    import hashlib
+
+    mask = batch.get("attention_mask")
+    names = sorted(k for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor))
+    keys = []
+    for i in range(len(batch[names[0]])):
+        h = hashlib.blake2b(digest_size=16)
+        keep = mask[i].bool().cpu() if mask is not None else None
+        for name in names:
+            row = batch[name][i].detach().cpu()
+            if keep is not None and row.shape[:1] == keep.shape:
+                row = row[keep]
+            h.update(name.encode() + str(tuple(row.shape)).encode() + row.contiguous().numpy().tobytes())
+        keys.append(h.digest())
+    return keys
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

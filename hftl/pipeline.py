@@ -164,6 +164,9 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
 
         terms.append(Distillation(teacher.to(device), recipe.distill.temperature, recipe.distill.alpha, order))
         _check_teacher(terms[-1], train_ds, collator, len(splits.label_names), device)
+        if recipe.distill.cache_teacher is True or (
+                recipe.distill.cache_teacher == "auto" and not (task.augmenting(recipe.data) or recipe.regularization.mixing)):
+            terms[-1].cache_logits(train_ds, collator, args.per_device_eval_batch_size)
     forgetting = None
     if previous is not None:
         from hftl.continual import Ewc, Forgetting, old_rows

@@ -428,6 +428,9 @@ class DistillSection(Section):
     student_from_teacher: StudentFromTeacher | None = Field(
         None, description="Start the student as a copy of the teacher with only these blocks (model.model_name_or_path "
         "then only supplies the processor, which must be the teacher's).")
+    cache_teacher: Literal["auto"] | bool = Field(
+        "auto", description="Run the teacher once over the training split before training and serve its logits from "
+        "memory (auto: when the training inputs are the same every epoch: no augmentation, no mixup / cutmix).")
 
 
 class SelfTrainingSection(Section):
@@ -836,6 +839,13 @@ def _check_auto(recipe: Recipe) -> list[str]:
 
 def _check_regularization(recipe: Recipe) -> list[str]:
     problems = []
+    if recipe.distill is not None and recipe.distill.cache_teacher is True:
+        from hftl.tasks import get_task
+
+        if get_task(recipe.task).augmenting(recipe.data) or recipe.regularization.mixing:
+            problems.append("Recipe key 'distill.cache_teacher' is true but the training inputs change every epoch "
+                            "(data.augment or mixup / cutmix): cached teacher logits would be for other inputs. Set it "
+                            "to auto or false, or turn the augmentation off.")
     smoothing = recipe.training.get("label_smoothing_factor")
     if recipe.regularization.label_smoothing and smoothing not in (None, 0, 0.0):
         problems.append(f"Recipe keys 'regularization.label_smoothing' ({recipe.regularization.label_smoothing}) and "

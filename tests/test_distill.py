@@ -146,3 +146,34 @@ def test_truncated_student_pools_with_its_own_attention_mask():
     # padding changes nothing: the student's pooler ignores it like the teacher's does
     short = student(input_ids=ids[:, :3], attention_mask=mask[:, :3]).logits
     assert torch.allclose(student(input_ids=ids, attention_mask=mask).logits, short, atol=1e-5)
+
+
+def test_teacher_logits_are_computed_once_and_serve_every_step(text_recipe, teacher_run, text_csv):
+    """cache_teacher (auto: the text is not augmented): every training batch is served from the cache, never by a
+    teacher forward, and the student ends where the same run with the live teacher ends."""
+    from hftl.distill import example_keys
+
+    cached = _student(text_recipe, teacher_run, text_csv[0], alpha=0.5)
+    term = cached.trainer.loss_terms[0]
+    steps = cached.trainer.state.global_step
+    assert term.cached is not None and len(term.cached) == len(cached.trainer.train_dataset)
+    assert term.misses == 0 and term.hits == 6 * len(cached.trainer.train_dataset)  # 6 epochs, every example
+    # the cached rows are the teacher's own logits for those examples, whatever the batch padding
+    collator = cached.trainer.data_collator
+    rows = [cached.trainer.train_dataset[i] for i in range(3)]
+    batch = collator(rows)
+    live = term.teacher_logits({k: v.to(next(term.teacher.parameters()).device) for k, v in batch.items()})
+    assert torch.allclose(torch.stack([term.cached[k] for k in example_keys(batch)]), live.cpu(), atol=1e-5)
+    padded = collator(rows + [max((cached.trainer.train_dataset[i] for i in range(len(cached.trainer.train_dataset))),
+                                  key=lambda r: len(r["input_ids"]))])
+    assert example_keys(padded)[:3] == example_keys(batch)  # more padding, same keys
+    import hftl
+
+    live_run = hftl.train(text_recipe(data={"train_file": str(text_csv[0])}, seed=3,
+                                      distill={"teacher": str(teacher_run), "alpha": 0.5, "temperature": 2.0,
+                                               "cache_teacher": False},
+                                      training={"num_train_epochs": 6, "logging_steps": 1,
+                                                "output_dir": str(cached.output_dir) + "_live"}))
+    assert live_run.trainer.loss_terms[0].cached is None and live_run.trainer.state.global_step == steps
+    a, b = cached.model.state_dict(), live_run.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
