@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from hftl.errors import HftlError
 
 logger = logging.getLogger("hftl")
+UNLABELED = -100  # the label of a transfer-set row: the task loss ignores it (as torch's cross_entropy does)
 
 
 class Distillation:
@@ -97,6 +98,26 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     s = F.log_softmax(student.float() / t, dim=-1).reshape(-1, student.shape[-1])
     p = F.log_softmax(teacher.float() / t, dim=-1).reshape(-1, teacher.shape[-1])
     return t * t * F.kl_div(s, p, log_target=True, reduction="batchmean")
+
+
+def transfer_rows(recipe, task, label_names: list[str]):
+    """`distill.unlabeled`: its rows in the training data's format, `labels` -100 (no label: the task loss skips
+    them; a label column in the file is dropped, never trained on)."""
+    from hftl.runs.evaluate import raw_rows
+    from hftl.runs.load import Run
+
+    source, what = recipe.distill.unlabeled, "Recipe key 'distill.unlabeled':"
+    raw = raw_rows(Run(recipe.output_dir, recipe, task, label_names), source, what, name_load_errors=True)
+    column = task.input_column(recipe.data)
+    if column not in raw.column_names:
+        raise HftlError(f"{what} '{source}' has no column '{column}' (the recipe's input column); columns are: "
+                        f"{', '.join(raw.column_names)}.")
+    if len(raw) == 0:
+        raise HftlError(f"{what} '{source}' has no rows.")
+    label = recipe.data.label_column_name or task.label_column
+    if label in raw.column_names:
+        raw = raw.remove_columns(label)
+    return raw.add_column("labels", [UNLABELED] * len(raw))
 
 
 def load_teacher(section, task, model_section, data, label_names: list[str]):

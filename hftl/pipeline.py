@@ -108,6 +108,10 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
             splits.train = _joined(splits.train, old, "continual.replay.data")
     if extra_train is not None:
         splits.train = _joined(splits.train, extra_train, "self_training.unlabeled")
+    if recipe.distill is not None and recipe.distill.unlabeled:
+        from hftl.distill import transfer_rows
+
+        splits.train = _joined(splits.train, transfer_rows(recipe, task, splits.label_names), "distill.unlabeled")
     processor = models.load_processor(task, recipe.model, recipe.data)
     if previous is None:
         model = models.build_model(task, recipe.model, splits.label_names, recipe.data)
@@ -445,6 +449,8 @@ def _regularizer_notes(recipe: Recipe) -> list[str]:
     if recipe.distill is not None:
         d = recipe.distill
         start = f"; the student started as the teacher's blocks {d.student_from_teacher.layers}" if d.student_from_teacher else ""
+        if d.unlabeled:
+            start += f"; the unlabelled rows of `{d.unlabeled}` joined the training split, taught by the teacher alone"
         notes.append(f"- Knowledge distillation from `{d.teacher}`: loss = {d.alpha} x T^2 x KL(teacher || student) "
                      f"at T = {d.temperature} + {1 - d.alpha:g} x the task loss{start}.")
     if reg.mixing:

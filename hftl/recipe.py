@@ -428,6 +428,9 @@ class DistillSection(Section):
     student_from_teacher: StudentFromTeacher | None = Field(
         None, description="Start the student as a copy of the teacher with only these blocks (model.model_name_or_path "
         "then only supplies the processor, which must be the teacher's).")
+    unlabeled: str | None = Field(
+        None, description="A data file or folder of unlabelled inputs (a transfer set, in the training data's format): "
+        "they join the training split and teach through the distillation term alone (DistilBERT, TinyBERT).")
     cache_teacher: Literal["auto"] | bool = Field(
         "auto", description="Run the teacher once over the training split before training and serve its logits from "
         "memory (auto: when the training inputs are the same every epoch: no augmentation, no mixup / cutmix).")
@@ -839,6 +842,12 @@ def _check_auto(recipe: Recipe) -> list[str]:
 
 def _check_regularization(recipe: Recipe) -> list[str]:
     problems = []
+    if recipe.distill is not None and recipe.distill.unlabeled and recipe.regularization.mixing:
+        problems.append("Recipe key 'distill.unlabeled' adds rows without labels, which mixup / cutmix cannot mix "
+                        "(they mix one-hot labels): drop regularization.mixup / cutmix or distill.unlabeled.")
+    if recipe.distill is not None and recipe.distill.unlabeled and recipe.distill.alpha == 0:
+        problems.append("Recipe key 'distill.unlabeled' teaches through the distillation term alone, which "
+                        "distill.alpha: 0 switches off: raise alpha, or drop unlabeled.")
     if recipe.distill is not None and recipe.distill.cache_teacher is True:
         from hftl.tasks import get_task
 

@@ -124,7 +124,14 @@ class HftlTrainer(Trainer):
         terms: total = task loss x each term's task_weight + each term's value; every part is logged."""
         labels = inputs.get("labels")
         terms = self.loss_terms if model.training else []
-        if labels is None or not labels.is_floating_point() or labels.ndim != 2:
+        if labels is not None and labels.ndim == 1 and not labels.is_floating_point() and bool((labels < 0).any()):
+            # rows without a label (distill.unlabeled): the task loss is the labelled rows' mean, 0 if there are none
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            labelled = (labels >= 0).sum().clamp_min(1)
+            loss = torch.nn.functional.cross_entropy(
+                outputs.logits.float(), labels, ignore_index=-100, reduction="sum",
+                label_smoothing=self.args.label_smoothing_factor) / labelled
+        elif labels is None or not labels.is_floating_point() or labels.ndim != 2:
             if not terms:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)

@@ -9,6 +9,8 @@ import random
 import pytest
 import torch
 
+from conftest import merge_sections
+
 from hftl.errors import HftlError
 from hftl.recipe import RecipeError
 
@@ -177,3 +179,55 @@ def test_teacher_logits_are_computed_once_and_serve_every_step(text_recipe, teac
     assert live_run.trainer.loss_terms[0].cached is None and live_run.trainer.state.global_step == steps
     a, b = cached.model.state_dict(), live_run.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+@pytest.fixture(scope="module")
+def few_and_flipped(tmp_path_factory, text_csv):
+    """4 labelled rows, and the whole training file with every label wrong (the transfer set: its labels must be
+    dropped, never trained on)."""
+    rows = list(csv.DictReader(open(text_csv[0])))
+    d = tmp_path_factory.mktemp("transfer")
+    for name, part in (("few.csv", rows[:4]), ("flipped.csv", [{"text": r["text"], "label": "neg" if r["label"] == "pos"
+                                                               else "pos"} for r in rows])):
+        with open(d / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text", "label"])
+            w.writeheader()
+            w.writerows(part)
+    return d / "few.csv", d / "flipped.csv"
+
+
+def test_unlabelled_rows_teach_through_the_teacher_alone(text_recipe, teacher_run, few_and_flipped):
+    import hftl
+
+    few, flipped = few_and_flipped
+    common = {"training": {"num_train_epochs": 8, "logging_steps": 1}, "seed": 3}
+    taught = hftl.train(text_recipe(data={"train_file": str(few)}, **common,
+                                    distill={"teacher": str(teacher_run), "alpha": 0.5, "temperature": 2.0,
+                                             "unlabeled": str(flipped)}))
+    labels = taught.trainer.train_dataset["labels"]
+    assert len(labels) == 4 + 96 and labels.count(-100) == 96  # the file's (wrong) labels were dropped
+    alone = hftl.train(text_recipe(data={"train_file": str(few)}, **merge_sections(
+        common, {"training": {"output_dir": str(taught.output_dir) + "_alone"}})))
+    # the wrong labels, had they been trained on, would push the student below chance
+    assert taught.metrics["eval_accuracy"] >= 0.85
+    assert taught.metrics["eval_accuracy"] >= alone.metrics["eval_accuracy"] + 0.15
+    assert "unlabelled rows of" in (taught.output_dir / "README.md").read_text()
+
+
+def test_task_loss_skips_unlabelled_rows():
+    """compute_loss: the labelled rows' mean cross-entropy, 0 for a batch of unlabelled rows (not NaN)."""
+    from types import SimpleNamespace
+
+    from hftl.trainer import HftlTrainer
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]], requires_grad=True)
+    model = lambda **kw: SimpleNamespace(logits=logits)  # noqa: E731
+    model.training = False
+    trainer = SimpleNamespace(loss_terms=[], args=SimpleNamespace(label_smoothing_factor=0.0))
+    loss = HftlTrainer.compute_loss(trainer, model, {"input_ids": None, "labels": torch.tensor([0, -100, 1])})
+    hand = (torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([0, 1]), reduction="mean"))
+    assert float(loss) == pytest.approx(float(hand))
+    none = HftlTrainer.compute_loss(trainer, model, {"input_ids": None, "labels": torch.tensor([-100, -100, -100])})
+    assert float(none) == 0.0
+    none.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
