@@ -59,6 +59,12 @@ ROWS = [
     ("student_2_kd", "2 blocks [0, 3], KD alpha 0.7, T 4", [0, 3], "kd", 0.7),
     ("student_2_kd_a0.9", "2 blocks [0, 3], KD alpha 0.9, T 4", [0, 3], "kd", 0.9),
     ("student_2_alpha0", "2 blocks [0, 3], `distill.alpha: 0` (teacher runs, weight 0)", [0, 3], "kd", 0.0),
+    # + a transfer set: the corpus's other ~10,000 positive/negative tweets (outside the 2,000 / 1,000 split),
+    # labels dropped, taught by the teacher alone (`distill.unlabeled`); teacher logits cached once
+    ("student_2_kd_transfer", "2 blocks [0, 3], KD alpha 0.7, T 4 + transfer set (10,152 unlabelled tweets)", [0, 3],
+     "transfer", 0.7),
+    ("student_3_kd_transfer", "3 blocks [0, 2, 4], KD alpha 0.7, T 4 + transfer set (10,152 unlabelled tweets)",
+     [0, 2, 4], "transfer", 0.7),
     ("student_3_kd_shipped", "3 blocks [0, 2, 4], KD alpha 0.7 via `student_from_teacher` (as shipped)", [0, 2, 4],
      "shipped", 0.7),
 ]
@@ -153,11 +159,24 @@ def student_recipe(row: tuple, work: Path, teacher_dir: Path, epochs: float | No
     else:
         name = "init_" + "_".join(map(str, layers))
         recipe["model"] = {"model_name_or_path": truncated_init(teacher_dir, layers, work / name), "pooling": "mean"}
-        if how == "kd":
+        if how in ("kd", "transfer"):
             recipe["distill"] = {"teacher": str(teacher_dir), "alpha": alpha, "temperature": 4.0}
+        if how == "transfer":
+            recipe["distill"]["unlabeled"] = transfer_set(work / "transfer.jsonl")
     if epochs is not None:
         recipe["training"]["num_train_epochs"] = epochs
     return recipe
+
+
+def transfer_set(path: Path) -> str:
+    """The positive/negative tweets zoo:tweets-sentiment's `binary` config leaves out (its `binary-full` extra
+    rows: neither training nor validation), text only."""
+    from hftl import zoo
+
+    full, binary = (zoo.load_dataset("zoo:tweets-sentiment", c)["train"]["text"] for c in ("binary-full", "binary"))
+    assert full[:len(binary)] == binary
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in full[len(binary):]))
+    return str(path)
 
 
 def scored(run_dir: Path) -> dict:
