@@ -103,17 +103,11 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 def transfer_rows(recipe, task, label_names: list[str]):
     """`distill.unlabeled`: its rows in the training data's format, `labels` -100 (no label: the task loss skips
     them; a label column in the file is dropped, never trained on)."""
-    from hftl.runs.evaluate import raw_rows
+    from hftl.runs.evaluate import input_rows
     from hftl.runs.load import Run
 
-    source, what = recipe.distill.unlabeled, "Recipe key 'distill.unlabeled':"
-    raw = raw_rows(Run(recipe.output_dir, recipe, task, label_names), source, what, name_load_errors=True)
-    column = task.input_column(recipe.data)
-    if column not in raw.column_names:
-        raise HftlError(f"{what} '{source}' has no column '{column}' (the recipe's input column); columns are: "
-                        f"{', '.join(raw.column_names)}.")
-    if len(raw) == 0:
-        raise HftlError(f"{what} '{source}' has no rows.")
+    raw = input_rows(Run(recipe.output_dir, recipe, task, label_names), recipe.distill.unlabeled,
+                     "Recipe key 'distill.unlabeled':")
     label = recipe.data.label_column_name or task.label_column
     if label in raw.column_names:
         raw = raw.remove_columns(label)

@@ -96,18 +96,9 @@ def _label_names(recipe, task, start) -> list[str]:
 
 
 def _read(run, path: str, key: str):
-    """The rows of a self_training data file/folder, as loaded, checked for the recipe's input column."""
-    from hftl.runs.evaluate import raw_rows
+    from hftl.runs.evaluate import input_rows
 
-    what = f"Recipe key 'self_training.{key}':"
-    raw = raw_rows(run, path, what, name_load_errors=True)
-    column = run.task.input_column(run.recipe.data)
-    if column not in raw.column_names:
-        raise HftlError(f"{what} '{path}' has no column '{column}' (the recipe's input column); columns are: "
-                        f"{', '.join(raw.column_names)}.")
-    if len(raw) == 0:
-        raise HftlError(f"{what} '{path}' has no rows.")
-    return raw
+    return input_rows(run, path, f"Recipe key 'self_training.{key}':")
 
 
 def _unlabeled(run, path: str):

@@ -66,6 +66,19 @@ def raw_rows(run: Run, data: str | Path, what: str, name_load_errors: bool = Fal
         raise
 
 
+def input_rows(run: Run, data: str | Path, what: str):
+    """`raw_rows` of a file/folder of inputs for training (self_training.unlabeled, distill.unlabeled ...), checked
+    to have rows and the recipe's input column; load errors are reported under `what` (the recipe key)."""
+    raw = raw_rows(run, data, what, name_load_errors=True)
+    column = run.task.input_column(run.recipe.data)
+    if column not in raw.column_names:
+        raise HftlError(f"{what} '{data}' has no column '{column}' (the recipe's input column); columns are: "
+                        f"{', '.join(raw.column_names)}.")
+    if len(raw) == 0:
+        raise HftlError(f"{what} '{data}' has no rows.")
+    return raw
+
+
 def encode_like_run(run: Run, raw, data, what: str):
     """`raw` rows with their labels encoded as the run's ids, in a `labels` column."""
     from datasets import Dataset, Features, List
