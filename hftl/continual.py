@@ -23,26 +23,83 @@ logger = logging.getLogger("hftl")
 FISHER_FILE = "ewc_fisher.safetensors"
 
 
-def previous_run(section, task, label_names: list[str]):
-    """(the previous run, its model): the same task and labels as this recipe's data, checked."""
-    from hftl.runs.load import load_model, read_run
+def _read_previous(section):
+    from hftl.runs.load import read_run
 
     path = Path(section.previous)
     if not (path / "recipe.yaml").is_file():
         raise HftlError(f"Recipe key 'continual.previous': '{section.previous}' is not an hftl run dir (no "
                         "recipe.yaml); give the training.output_dir of the run to continue.")
-    run = read_run(path)
+    return read_run(path)
+
+
+def previous_labels(section) -> list[str]:
+    return list(_read_previous(section).label_names)
+
+
+def previous_run(section, task, label_names: list[str]):
+    """(the previous run, its model): the same task, and the same labels as this recipe's data -- or, with
+    new_classes, the previous run's labels first and then the data's new ones (the head grown; the run returned
+    carries them all)."""
+    from dataclasses import replace
+
+    from hftl.runs.load import load_model
+
+    run = _read_previous(section)
+    path = run.path
     if run.task.name != task.name:
         raise HftlError(f"Recipe key 'continual.previous': '{section.previous}' is a {run.task.name} run; this "
                         f"recipe's task is {task.name}.")
-    if list(run.label_names) != list(label_names):
+    names = list(run.label_names)
+    if names != list(label_names) and not section.new_classes:
         raise HftlError(f"Recipe key 'continual.previous': the previous run's labels {run.label_names} are not the "
                         f"data's {label_names}; continual fine-tuning keeps one head, so the new data must use the "
-                        "same classes.")
+                        "same classes -- or set continual.new_classes: true to grow the head by the new ones.")
     model = load_model(path)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if list(label_names) != names:  # new_classes (load_splits put the previous run's labels first)
+        grow_head(model, list(label_names))
+        run = replace(run, label_names=list(label_names))
     return run, model.train()
+
+
+def grow_head(model, names: list[str]) -> str:
+    """Class-incremental head growth: the head's output layer (the last Linear with one output per old class) gets
+    one more output per new class; old rows are kept, new rows start as the mean of the old ones (so the new
+    classes' logits start at the mean of the old logits: no old prediction changes). Returns the layer's name."""
+    from torch import nn
+
+    from hftl.hooks.layers import find_head, unwrap
+
+    task = unwrap(model)
+    n_old = task.config.num_labels
+    layers = [(f"{h}.{n}" if n else h, m) for h in find_head(model) for n, m in task.get_submodule(h).named_modules()
+              if isinstance(m, nn.Linear) and m.out_features == n_old]
+    if not layers:
+        raise HftlError(f"Recipe key 'continual.new_classes': {type(task).__name__}'s head has no linear layer with one "
+                        f"output per previous class ({n_old}) to grow.")
+    name, old = layers[-1]
+    new = nn.Linear(old.in_features, len(names), bias=old.bias is not None, device=old.weight.device,
+                    dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[:n_old] = old.weight
+        new.weight[n_old:] = old.weight.mean(0)
+        if old.bias is not None:
+            new.bias[:n_old] = old.bias
+            new.bias[n_old:] = old.bias.mean()
+    owner, _, attr = name.rpartition(".")
+    setattr(task.get_submodule(owner) if owner else task, attr, new)
+    config = task.config
+    config.num_labels = len(names)
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    for module in (task, getattr(task, "timm_model", None)):  # the models keep their own counts too
+        for attr in ("num_labels", "num_classes"):
+            if module is not None and hasattr(module, attr) and isinstance(getattr(module, attr), int):
+                setattr(module, attr, len(names))
+    logger.info("continual: %s grown from %d to %d classes (%s)", name, n_old, len(names), ", ".join(names[n_old:]))
+    return name
 
 
 def old_rows(run, path: str | None, key: str):
@@ -93,7 +150,8 @@ def fisher(model, run, data, collate, samples: int, source: str, seed: int) -> d
     from safetensors.torch import load_file, save_file
 
     path = run.path / FISHER_FILE
-    key = {"data": source, "samples": str(samples), "seed": str(seed)}
+    # the labels too: with new_classes the head (so the Fisher's shapes) has them all
+    key = {"data": source, "samples": str(samples), "seed": str(seed), "labels": ",".join(run.label_names)}
     if path.is_file():
         from safetensors import safe_open
 

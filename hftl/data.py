@@ -94,8 +94,9 @@ def _load_raw(data: DataSection, task):
         raise HftlError(f"Recipe key 'data.{key}': could not load '{source}': {msg}") from None
 
 
-def load_splits(data: DataSection, seed: int, task) -> Splits:
-    """Train/validation splits; the task encodes the labels (`task.encode_labels`)."""
+def load_splits(data: DataSection, seed: int, task, first_labels: list[str] | None = None) -> Splits:
+    """Train/validation splits; the task encodes the labels (`task.encode_labels`). `first_labels`: names that
+    take the first ids (continual.new_classes: the previous run's), the data's others after them."""
     raw = _load_raw(data, task)
     if data.train_split_name not in raw:
         raise HftlError(
@@ -121,7 +122,10 @@ def load_splits(data: DataSection, seed: int, task) -> Splits:
     from datasets import ClassLabel
 
     validation = raw[val_name] if val_name is not None else None
-    train, validation, names = task.encode_labels(train, validation, label)
+    if first_labels is None:
+        train, validation, names = task.encode_labels(train, validation, label)
+    else:
+        train, validation, names = task.encode_labels(train, validation, label, first=first_labels)
     if validation is None:
         stratify = label if label is not None and isinstance(train.features[label], ClassLabel) and \
             len(train) >= 2 * len(names) / data.train_val_split else None

@@ -94,7 +94,12 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
 
     set_seed(recipe.seed)
     task = get_task(recipe.task)
-    splits = load_splits(recipe.data, recipe.seed, task)
+    first = None
+    if recipe.continual is not None and recipe.continual.new_classes:
+        from hftl.continual import previous_labels
+
+        first = previous_labels(recipe.continual)  # old classes keep their ids; new ones follow
+    splits = load_splits(recipe.data, recipe.seed, task, first)
     previous = None
     if recipe.continual is not None:
         from hftl.continual import previous_run, replay_sample

@@ -473,12 +473,15 @@ class ContinualSection(Section):
     """Continual fine-tuning: start from a previous run's weights, keep the old task with replay and/or EWC;
     old and new accuracy before and after go into the card (forgetting made visible)."""
 
-    previous: str = Field(description="The hftl run dir to continue from (same task and labels).")
+    previous: str = Field(description="The hftl run dir to continue from (same task and labels, or see new_classes).")
     replay: ReplaySection | None = Field(None, description="Mix a sample of the old data into training.")
     ewc: EwcSection | None = Field(None, description="Elastic weight consolidation: penalize moving the weights the "
                                    "old task needs (not with peft, whose base does not train).")
     old_eval: str | None = Field(None, description="Labelled old data scored before and after; default: the "
                                  "previous run's validation split.")
+    new_classes: bool = Field(False, description="Class-incremental: the data may bring classes the previous run "
+                              "never saw. The head grows by one output per new class (initialised to the mean of the "
+                              "old outputs, so the old predictions stay as they were); old classes keep their ids.")
 
 
 class GenerationSection(Section):

@@ -104,7 +104,8 @@ def test_fisher_is_computed_once_and_stored_with_the_previous_run(bert_dir, sequ
     _continue(bert_dir, sequence, tmp_path / "first", ewc={"lambda": 10, "samples": 16})
     stamp = path.stat().st_mtime_ns
     with safe_open(str(path), "pt") as f:
-        assert f.metadata() == {"data": "training split", "samples": "16", "seed": "0"}
+        labels = ",".join(json.loads((sequence["previous"] / "labels.json").read_text()))
+        assert f.metadata() == {"data": "training split", "samples": "16", "seed": "0", "labels": labels}
         fisher = {k: f.get_tensor(k) for k in f.keys()}
     assert all((v >= 0).all() for v in fisher.values()) and sum(float(v.sum()) for v in fisher.values()) > 0
     _continue(bert_dir, sequence, tmp_path / "second", ewc={"lambda": 10, "samples": 16})
@@ -130,3 +131,38 @@ def test_ewc_penalty_equals_the_hand_computation():
     loss = term(model, {}, None)
     loss.backward()
     assert torch.allclose(model.weight.grad, 7.0 * fisher["weight"] * delta["weight"], atol=1e-5)
+
+
+def none_rows(n: int, seed: int) -> list[dict]:
+    """A third class: texts without any sentiment word."""
+    rng = random.Random(seed)
+    return [{"text": " ".join(rng.sample(FILLER, 4)), "label": "none"} for _ in range(n)]
+
+
+def test_new_classes_grow_the_head_and_keep_the_old_predictions(bert_dir, sequence, tmp_path):
+    """Class-incremental: the new data is a class the previous run never saw (plus, for validation, the old ones).
+    The head grows by one output, the old rows kept and the new one the old rows' mean, so the old task scores as
+    before at step 0; after training on the new class with replay, all three classes are predicted."""
+    import hftl
+    from hftl.pipeline import setup
+    from hftl.recipe import load_recipe
+
+    train = _csv(tmp_path / "none_train.csv", none_rows(48, 5))
+    val = _csv(tmp_path / "mixed_val.csv", none_rows(16, 6) + cue_rows(32, 7, OLD))
+    recipe = _recipe(bert_dir, train, val, tmp_path / "grown", epochs=12, lr=5e-3,
+                     continual={"previous": str(sequence["previous"]), "replay": {"fraction": 1.0}, "new_classes": True})
+    old_names = json.loads((sequence["previous"] / "labels.json").read_text())
+    previous = hftl.load_model(sequence["previous"])
+    s = setup(load_recipe(recipe))
+    assert s.splits.label_names == old_names + ["none"]
+    grown, before = s.model.classifier, previous.classifier
+    assert torch.equal(grown.weight[:2], before.weight) and torch.equal(grown.bias[:2], before.bias)
+    assert torch.allclose(grown.weight[2], before.weight.mean(0)) and s.model.num_labels == 3
+    assert set(s.splits.train["labels"]) == {0, 1, 2}  # the new rows (id 2) and the replayed old ones (0, 1)
+    result = hftl.train(recipe)
+    m = result.metrics
+    assert m["continual_old_before_accuracy"] == sequence["previous_accuracy"]  # growth changed no old prediction
+    assert m["eval_accuracy"] >= 0.9 and m["continual_old_after_accuracy"] >= 0.9
+    assert json.loads((result.output_dir / "labels.json").read_text()) == old_names + ["none"]
+    reloaded = hftl.predict(result.output_dir, ["the movie was so", "good great day"])
+    assert [p["label"] for p in reloaded] == ["none", "pos"]

@@ -52,16 +52,36 @@ def encode_labels(ds, column: str, names: list[str] | None):
     return ds, names
 
 
+def _as_names(ds, column: str):
+    """A ClassLabel column as its label names (strings), so that it can be encoded against other names."""
+    from datasets import ClassLabel, Value
+
+    feature = ds.features[column]
+    if not isinstance(feature, ClassLabel):
+        return ds
+    features = ds.features.copy()
+    features[column] = Value("string")
+    return ds.map(lambda b: {column: [feature.names[i] for i in b[column]]}, batched=True, features=features)
+
+
 class ClassificationTask(Task):
     """One class per example: ClassLabel ids, a head sized from the labels, accuracy and macro-F1."""
 
     metric_names = {"accuracy": "Accuracy", "f1_macro": "Macro F1"}
 
-    def encode_labels(self, train, validation, column: str):
-        train, names = encode_labels(train, column, None)
-        if validation is not None:
-            validation, _ = encode_labels(validation, column, names)
-        return train, validation, names
+    def encode_labels(self, train, validation, column: str, first: list[str] | None = None):
+        """`first`: label names that take the first ids whether the data has them or not (continual.new_classes:
+        the previous run's); the data's other labels follow, sorted."""
+        if first is None:
+            train, names = encode_labels(train, column, None)
+            if validation is not None:
+                validation, _ = encode_labels(validation, column, names)
+            return train, validation, names
+        parts = [_as_names(ds, column) for ds in (train, validation) if ds is not None]
+        seen = {str(v) for ds in parts for v in ds[column] if v is not None}
+        names = list(first) + sorted(seen - set(first))
+        encoded = [encode_labels(ds, column, names)[0] for ds in parts]
+        return encoded[0], (encoded[1] if validation is not None else None), names
 
     def config_kwargs(self, label_names: list[str]) -> dict:
         return label_config(label_names)
