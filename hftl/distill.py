@@ -92,6 +92,20 @@ def example_keys(batch: dict) -> list[bytes]:
     return keys
 
 
+def check_teacher(term, train_ds, collator, num_labels: int, device) -> None:
+    """The teacher runs on the student's batches: one of them, before training."""
+    batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    try:
+        logits = term.teacher_logits(batch)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise HftlError(f"Recipe key 'distill.teacher': the teacher cannot take the student's inputs "
+                        f"({str(e).splitlines()[0]}); it needs the same tokenizer / image size as model.model_name_or_path.") from None
+    if logits.shape[-1] != num_labels:
+        raise HftlError(f"Recipe key 'distill.teacher': the teacher predicts {logits.shape[-1]} classes, the data has "
+                        f"{num_labels}.")
+
+
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over examples."""
     t = temperature

@@ -169,12 +169,11 @@ def setup(recipe: Recipe, extra_train=None) -> Setup:
     check_first_step(model, train_ds, collator, recipe, device)
     terms = []
     if teacher is not None:
-        from hftl.distill import Distillation
+        from hftl.distill import Distillation, check_teacher
 
         terms.append(Distillation(teacher.to(device), recipe.distill.temperature, recipe.distill.alpha, order))
-        _check_teacher(terms[-1], train_ds, collator, len(splits.label_names), device)
-        if recipe.distill.cache_teacher is True or (
-                recipe.distill.cache_teacher == "auto" and not (task.augmenting(recipe.data) or recipe.regularization.mixing)):
+        check_teacher(terms[-1], train_ds, collator, len(splits.label_names), device)
+        if recipe.distill.cache_teacher is True or (recipe.distill.cache_teacher == "auto" and not _inputs_vary(recipe, task)):
             terms[-1].cache_logits(train_ds, collator, args.per_device_eval_batch_size)
     forgetting = None
     if previous is not None:
@@ -213,22 +212,6 @@ def _old_fisher(recipe, previous, processor, model):
     return fisher(model, previous, data, collate, section.ewc.samples, source or "training split", recipe.seed)
 
 
-def _check_teacher(term, train_ds, collator, num_labels: int, device) -> None:
-    """The teacher runs on the student's batches: one of them, before training."""
-    import torch
-
-    batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    try:
-        logits = term.teacher_logits(batch)
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        raise HftlError(f"Recipe key 'distill.teacher': the teacher cannot take the student's inputs "
-                        f"({str(e).splitlines()[0]}); it needs the same tokenizer / image size as model.model_name_or_path.") from None
-    if logits.shape[-1] != num_labels:
-        raise HftlError(f"Recipe key 'distill.teacher': the teacher predicts {logits.shape[-1]} classes, the data has "
-                        f"{num_labels}.")
-
-
 def _check_push(recipe: Recipe, model) -> None:
     """What hub.push would upload must load for whoever downloads it; refused before training otherwise:
     with hub.strict, a base model known only by a local path; and a mean/cls-pooled adapter alone (PEFT's
@@ -265,6 +248,12 @@ def _preflight_device(model, args):
     return args.device
 
 
+def _inputs_vary(recipe: Recipe, task) -> bool:
+    """Does a training example reach the model differently each epoch (augmentation, mixup / cutmix)? Then
+    nothing computed from the inputs once (backbone features, teacher logits) can be reused."""
+    return task.augmenting(recipe.data) or recipe.regularization.mixing
+
+
 def _feature_cache(recipe: Recipe, task, model, plan, collator, args):
     """A FeatureCache when strategy.cache_features allows and the run qualifies (see hftl/cache.py)."""
     from hftl.cache import FeatureCache, why_not
@@ -272,7 +261,7 @@ def _feature_cache(recipe: Recipe, task, model, plan, collator, args):
     mode = recipe.strategy.cache_features
     if mode is False:
         return None
-    reason = why_not(model, plan, recipe.strategy, task.augmenting(recipe.data) or recipe.regularization.mixing)
+    reason = why_not(model, plan, recipe.strategy, _inputs_vary(recipe, task))
     if reason is None and recipe.eval_tta:
         reason = "eval_tta evaluates the backbone on flipped images"
     if reason is None and recipe.distill is not None:
