@@ -13,7 +13,7 @@ domain similarity. Both are measured here, on the training split only, before an
 
 | size \\ similarity | high | low |
 |---|---|---|
-| small (< 100 / class) | feature extraction, head lr 3e-3 | full fine-tuning; below 30 / class feature extraction (+ the seed's heavy augmentation: data.augment.policy) |
+| small (< 100 / class) | feature extraction, head lr 3e-3 (strategy.discriminative_lr.head_lr) | full fine-tuning; below 30 / class feature extraction (+ the seed's heavy augmentation: data.augment.policy) |
 | medium (< 1,000) | discriminative LR (decay 0.8, head 4x) + gradual unfreezing within the first epoch | full fine-tuning |
 | large | full fine-tuning | full fine-tuning |
 
@@ -22,7 +22,9 @@ for medium data from a far domain, hftl's own benchmarks measured full fine-tuni
 ~100 / class: 0.861 vs 0.819 frozen and 0.795 layered; spectrograms at 150 / class: 0.997 vs 0.883 and 0.930): a
 far domain is where the frozen features are the bottleneck. The thresholds are calibrated on the zoo's training
 sets only (three BatchNorm data sets, one text set): evidence, not a law. Every key the recipe sets explicitly
-(strategy.*, training.learning_rate) wins over the choice.
+(strategy.*) wins over the choice. training.learning_rate is the fine-tuning rate, as the recipe gives it: a
+frozen backbone's head gets its own (strategy.discriminative_lr.head_lr), since one rate cannot serve both --
+the seeds' tables put the head of feature extraction 10-100x above a fine-tuned backbone.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ class Decision:
     similarity: str
     choice: str
     keys: dict  # strategy keys the choice set
-    learning_rate: float | None  # None: training.learning_rate as the recipe (or TrainingArguments) has it
     kept: list[str] = field(default_factory=list)  # keys the recipe set, kept over the choice
     reasons: list[str] = field(default_factory=list)
 
@@ -77,15 +78,14 @@ class Decision:
                f"| tokenizer pieces per word (far > {PIECES_FAR}) | {pieces} |", ""]
         out += [f"- {r}" for r in self.reasons]
         setting = ", ".join(f"{k}: {v}" for k, v in self.keys.items())
-        out.append(f"- Set: {setting}" + (f"; training.learning_rate: {self.learning_rate:g}" if self.learning_rate
-                                            else "") + ".")
+        out.append(f"- Set: {setting}.")
         if self.kept:
             out.append(f"- Kept from the recipe (explicit keys win): {', '.join(self.kept)}.")
         return out
 
     def to_dict(self) -> dict:
         return {"choice": self.choice, "size": self.size, "similarity": self.similarity, "set": self.keys,
-                "learning_rate": self.learning_rate, "kept": self.kept, "evidence": self.evidence}
+                "kept": self.kept, "evidence": self.evidence}
 
 
 def _first_head(model: nn.Module) -> nn.Module:
@@ -229,9 +229,9 @@ def decide(evidence: dict, learning_rate: float, steps_per_epoch: int, depths: i
     reasons.append("Domain similarity low: " + "; ".join(far) + "." if far else
                    f"Domain similarity high: the frozen features separate the classes (separability "
                    f"{e['separability']:.2f} >= {SEPARABLE}) and the input statistics are close to the backbone's.")
-    lr = None
     if size == "small" and (similarity == "high" or m < FEW):
-        choice, keys, lr = "feature extraction", {"freeze": "backbone", "freeze_batchnorm": True}, FEATURE_EXTRACTION_LR
+        choice = "feature extraction"
+        keys = {"freeze": "backbone", "freeze_batchnorm": True, "discriminative_lr": {"head_lr": FEATURE_EXTRACTION_LR}}
         if similarity == "low":
             reasons.append(f"Fewer than {FEW} examples per class from a far domain: the seed keeps the backbone frozen "
                            "and adds heavy augmentation (not switched on here: data.augment.policy, e.g. rand-m9-mstd0.5).")
@@ -248,7 +248,7 @@ def decide(evidence: dict, learning_rate: float, steps_per_epoch: int, depths: i
             reasons.append("A far domain: the seed's cell says " + ("feature extraction + augmentation" if size == "small"
                            else "gradual unfreezing + discriminative LR") + "; hftl's benchmarks on far domains "
                            "(Fashion-MNIST, spectrograms) measured full fine-tuning well above both.")
-    return Decision(e, size, similarity, choice, keys, lr, reasons=reasons)
+    return Decision(e, size, similarity, choice, keys, reasons=reasons)
 
 
 def _explicit(strategy) -> set[str]:
@@ -272,10 +272,4 @@ def resolve(recipe, task, splits, processor, model):
     decision.kept = sorted(f"strategy.{k}" for k in decision.keys if k in explicit)
     chosen = {k: v for k, v in decision.keys.items() if k not in explicit}
     strategy = StrategySection.model_validate({**recipe.strategy.model_dump(exclude_unset=True), **chosen})
-    update = {"strategy": strategy}
-    if decision.learning_rate is not None and "learning_rate" in training:
-        decision.kept.append("training.learning_rate")
-        decision.learning_rate = None
-    elif decision.learning_rate is not None:
-        update["training"] = {**training, "learning_rate": decision.learning_rate}
-    return recipe.model_copy(update=update), decision
+    return recipe.model_copy(update={"strategy": strategy}), decision

@@ -35,10 +35,11 @@ def evidence(median, separability=0.8, bn_shift=None, pieces=None):
 def test_decide_follows_the_table(ev, choice):
     d = decide(ev, learning_rate=1e-4, steps_per_epoch=100, depths=10)
     assert d.choice == choice
-    if choice == "feature extraction":
-        assert d.keys == {"freeze": "backbone", "freeze_batchnorm": True} and d.learning_rate == FEATURE_EXTRACTION_LR
+    if choice == "feature extraction":  # the head's own rate; training.learning_rate stays the fine-tuning one
+        assert d.keys == {"freeze": "backbone", "freeze_batchnorm": True,
+                          "discriminative_lr": {"head_lr": FEATURE_EXTRACTION_LR}}
     elif choice == "full fine-tuning":
-        assert d.keys == {"freeze": "none", "freeze_batchnorm": False} and d.learning_rate is None
+        assert d.keys == {"freeze": "none", "freeze_batchnorm": False}
     else:  # head at 4x the learning rate, every depth group trainable within the first epoch
         assert d.keys["discriminative_lr"] == {"layer_decay": 0.8, "head_lr": pytest.approx(4e-4)}
         assert d.keys["gradual_unfreezing"] == {"every_steps": 10}
@@ -101,27 +102,25 @@ def test_bn_shift_grows_with_the_distance_from_the_running_statistics(image_reci
     assert near_shift < 0.05 and far_shift > 20 * max(near_shift, 1e-3)
 
 
-def test_explicit_keys_win(text_recipe, bert_dir, monkeypatch):
-    """A recipe's own training.learning_rate and strategy keys stay; the rest comes from the choice."""
+def test_explicit_keys_win(text_recipe, monkeypatch):
+    """The recipe's own strategy keys stay; the rest comes from the choice. training.learning_rate is never
+    touched: feature extraction's head gets its rate through strategy.discriminative_lr.head_lr."""
     import hftl.auto_strategy as auto
     from hftl.pipeline import setup
     from hftl.recipe import load_recipe
 
-    monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(20))  # small, close: feature extraction at 3e-3
+    monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(20))  # small, close: feature extraction
     s = setup(load_recipe(text_recipe(strategy={"preset": "auto", "freeze_batchnorm": False},
                                       training={"learning_rate": 1e-2})))
-    assert s.plan.decision.choice == "feature extraction"
+    assert s.plan.decision.choice == "feature extraction" and s.plan.decision.kept == ["strategy.freeze_batchnorm"]
     assert s.recipe.strategy.freeze == "backbone" and s.recipe.strategy.freeze_batchnorm is False
-    assert s.recipe.training["learning_rate"] == 1e-2 == s.args.learning_rate
-    assert s.plan.decision.kept == ["strategy.freeze_batchnorm", "training.learning_rate"]
-    recipe = text_recipe(strategy={"preset": "auto"})
-    del recipe["training"]["learning_rate"]
-    s = setup(load_recipe(recipe))
-    assert s.args.learning_rate == FEATURE_EXTRACTION_LR and s.plan.decision.kept == []
-    head = {lr.lr for name, lr in s.plan.lrs.items()}
-    assert head == {FEATURE_EXTRACTION_LR}  # only the head trains, at the chosen rate
+    assert s.args.learning_rate == 1e-2  # the recipe's, as given
+    assert {a.lr for a in s.plan.lrs.values()} == {FEATURE_EXTRACTION_LR}  # only the head trains, at the chosen rate
     table = s.plan.table()
     assert "Strategy chosen by `preset: auto`: **feature extraction**" in table and "| frozen |" in table
+    s = setup(load_recipe(text_recipe(strategy={"preset": "auto", "discriminative_lr": {"head_lr": 5e-3}})))
+    assert s.plan.decision.kept == ["strategy.discriminative_lr"]
+    assert {a.lr for a in s.plan.lrs.values()} == {5e-3}
 
 
 def test_auto_run_equals_the_chosen_strategy_written_out(text_recipe, tmp_path):
