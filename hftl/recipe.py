@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -907,6 +908,22 @@ def _check_sharding(recipe: Recipe) -> list[str]:
     return problems
 
 
+@contextmanager
+def _accelerate_state_kept():
+    """TrainingArguments() resets Accelerate's shared state (transformers' training_args.py). A recipe validated
+    while a Trainer lives (hftl reads a finished run's recipe.yaml back for its evaluation report) would leave that
+    Trainer unable to evaluate or predict: keep the state as it was."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    saved = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState)]
+    try:
+        yield
+    finally:
+        for cls, state in saved:
+            cls._shared_state.clear()
+            cls._shared_state.update(state)
+
+
 def _check_training_values(training: dict) -> list[str]:
     """Let TrainingArguments itself judge the values (types, choices, combinations)."""
     from transformers import TrainingArguments
@@ -927,7 +944,8 @@ def _check_training_values(training: dict) -> list[str]:
     if problems:
         return problems
     try:
-        args = TrainingArguments(**training)
+        with _accelerate_state_kept():
+            args = TrainingArguments(**training)
         problems += _check_report_to(args.report_to)
     except ImportError as e:  # e.g. training.deepspeed without the deepspeed package
         problems.append(f"Recipe section 'training' needs a package that is not installed: {e}")

@@ -132,3 +132,15 @@ def test_model_revision_and_its_deprecated_alias(caplog):
     assert "'model.revision' is deprecated: use model.model_revision" in caplog.text
     with pytest.raises(RecipeError, match="model_revision only"):
         hftl.load_recipe({**MINIMAL, "model": {"model_name_or_path": "m", "revision": "a", "model_revision": "b"}})
+
+
+def test_a_finished_runs_trainer_still_evaluates(text_recipe):
+    """hftl.train reads the run's recipe.yaml back (the evaluation report), and validating a recipe builds a
+    TrainingArguments, which resets Accelerate's state: the returned Trainer must still evaluate and predict."""
+    import hftl
+
+    r = hftl.train(text_recipe(training={"num_train_epochs": 1}))
+    hftl.load_recipe(r.output_dir / "recipe.yaml")  # once more, explicitly
+    again = r.trainer.evaluate()
+    assert again["eval_accuracy"] == r.metrics["eval_accuracy"]
+    assert r.trainer.predict(r.trainer.eval_dataset).predictions.shape == (len(r.trainer.eval_dataset), 2)
