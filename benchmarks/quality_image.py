@@ -88,10 +88,17 @@ AUG = {"data": {"augment": {"random_resized_crop": True, "crop_scale": [0.5, 1.0
 REGULARIZED = merge(AUG, {"data": {"augment": {"policy": "trivial"}},
                           "regularization": {"mixup": 0.2, "cutmix": 1.0, "mix_prob": 0.5, "label_smoothing": 0.1},
                           "ema": {"decay": 0.98}})
+# Longer and larger: the ImageNet checkpoint at 128 px (zoo:efficientnet-lite0 resized by data.image_size), 12 epochs.
+LONG_128 = {"model": {"model_name_or_path": "zoo:efficientnet-lite0"}, "data": {"image_size": 128},
+            "strategy": {"preset": "full"}, "training": {"num_train_epochs": 12}}
 TUNING = [
     ("slice_aug_6ep", "full fine-tuning, random_resized_crop (scale 0.5-1) + flip, 6 epochs", AUG),
     ("slice_regularized_6ep", "+ TrivialAugmentWide, mixup 0.2 / cutmix 1.0 (half the batches), label smoothing "
      "0.1, EMA 0.98", REGULARIZED),
+    ("slice_plain_12ep_128px", "full fine-tuning at 128 px, 12 epochs, no augmentation", LONG_128),
+    ("slice_aug_12ep_128px", "full fine-tuning at 128 px, 12 epochs, crop + flip", merge(AUG, LONG_128)),
+    ("slice_regularized_12ep_128px", "full fine-tuning at 128 px, 12 epochs, crop + flip + TrivialAugmentWide, mixup "
+     "/ cutmix, label smoothing 0.1, EMA 0.98", merge(REGULARIZED, LONG_128)),
 ]
 # The same settings on all 1,000 training images -> the 1,000 test images ("alone and combined" rows). Which of
 # them is hftl's best recipe (recipes/image_best.yaml) is decided by the slice rows alone (`choose_best`).
@@ -99,7 +106,7 @@ VARIANTS += [
     ("test_aug_6ep", "full fine-tuning, random_resized_crop (scale 0.5-1) + flip, 6 epochs", AUG, None),
     ("test_regularized_6ep", "full fine-tuning, crop + flip + TrivialAugmentWide, mixup 0.2 / cutmix 1.0 (half the "
      "batches), label smoothing 0.1, EMA 0.98, 6 epochs", REGULARIZED, None),
-]
+] + [("test_" + key.removeprefix("slice_"), label, changes, None) for key, label, changes in TUNING[2:]]
 SLICE = 0.2  # the hold-out share of the 1,000 training images (stratified, seeded by the recipe's seed 42)
 
 
