@@ -347,8 +347,7 @@ NOTES = """
   above says: 2026-12-04 on an AMD EPYC, 2 cores, at hftl 4c50f64 (`--only student_2_kd_transfer`), with the
   teacher retrained in the same invocation (0.953 again) and timed in the same rounds.
 - KD on the 2,000 training tweets alone did not help: alpha 0.7 and 0.9 scored 0.5 points (3 blocks) and 0.8
-  points (2 blocks) below the same
-  init trained on the labels alone, 5-8 tweets of 1,000 with one seed, so KD is at best no better on this data.
+  points (2 blocks) below the same init trained on the labels alone, 5-8 tweets of 1,000 with one seed, so KD is at best no better on this data.
   The student starts from the teacher's own blocks and head, and on the 2,000 tweets the teacher was trained on
   its softened predictions say little beyond the labels; on tweets it never saw they carry what it knows (the
   transfer-set row). Those rows ran the teacher on every batch (175 vs 121 train s with 3 blocks, 134 vs 68
