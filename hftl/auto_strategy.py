@@ -45,7 +45,8 @@ from hftl.errors import HftlError
 PROBE_EXAMPLES = 1024  # a sample of the training split: the probe costs one frozen forward over it
 SMALL, MEDIUM = 100, 1000  # examples per class (seed 001)
 SEPARABLE = 0.5  # probe separability below this: the features do not fit the task
-BN_FAR = 0.3  # BatchNorm inputs vs running statistics, Gaussian KL per channel (zoo: stamps 0.23, Fashion-MNIST 0.40, spectrograms 0.47)
+# BatchNorm inputs vs running statistics, Gaussian KL per channel (zoo: stamps 0.23, Fashion-MNIST 0.40, spectrograms 0.47)
+BN_FAR = 0.3
 FEW = 30  # examples per class below which even a far domain keeps the backbone frozen
 PIECES_FAR = 2.0  # sub-word pieces per word: the tokenizer's vocabulary does not fit the text
 FEATURE_EXTRACTION_LR = 3e-3
