@@ -182,9 +182,10 @@ def gather(task, splits, processor, data, model, seed: int) -> dict:
     """The evidence: counts, the probe, the input-statistics distances. Leaves the model and RNG as they were."""
     from hftl.data import Splits
 
-    labels = [y for y in splits.train["labels"] if y >= 0]  # distill.unlabeled rows carry -100
+    rows = [i for i, y in enumerate(splits.train["labels"]) if y >= 0]  # distill.unlabeled rows carry -100
+    labelled = splits.train.select(rows)
+    labels = labelled["labels"]
     counts = Counter(labels)
-    labelled = splits.train.select([i for i, y in enumerate(splits.train["labels"]) if y >= 0])
     sample = labelled.shuffle(seed=seed).select(range(min(PROBE_EXAMPLES, len(labelled))))
     # the task's evaluation preprocessing (no augmentation) applied to training rows
     # (a separate two-row train split: tasks set their transforms on each split in place)

@@ -375,7 +375,7 @@ def _make_trainer(s: Setup):
         preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics,
         callbacks=s.plan.callbacks, plan=s.plan,
         on_nan_loss=s.recipe.on_nan_loss, task=s.task, batch_transform=mixer, eval_tta=s.recipe.eval_tta,
-        loss_terms=s.loss_terms)
+        loss_terms=s.loss_terms, unlabelled_rows=bool(s.recipe.distill is not None and s.recipe.distill.unlabeled))
     if s.recipe.ema is not None:
         from hftl.ema import WeightEma
 

@@ -50,7 +50,8 @@ class PortableCheckpoints(TrainerCallback):
 
 class HftlTrainer(Trainer):
     def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, batch_transform=None,
-                 eval_tta: list[str] | None = None, loss_terms: list | None = None, **kwargs):
+                 eval_tta: list[str] | None = None, loss_terms: list | None = None, unlabelled_rows: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.plan = plan
         self.on_nan_loss = on_nan_loss
@@ -61,6 +62,7 @@ class HftlTrainer(Trainer):
         # Loss terms: objects with `name`, `task_weight` and `__call__(model, inputs, outputs) -> tensor`, e.g.
         # distill.Distillation; each adds to the (re-weighted) task loss and logs its own mean as loss_<name>.
         self.loss_terms = list(loss_terms or [])
+        self.unlabelled_rows = unlabelled_rows  # training rows labelled -100 (distill.unlabeled): see compute_loss
         self._term_sums: dict[str, list] = {}
         self.skipped_steps = 0
         if task is None or not task.token_loss:
@@ -124,7 +126,7 @@ class HftlTrainer(Trainer):
         terms: total = task loss x each term's task_weight + each term's value; every part is logged."""
         labels = inputs.get("labels")
         terms = self.loss_terms if model.training else []
-        if labels is not None and labels.ndim == 1 and not labels.is_floating_point() and bool((labels < 0).any()):
+        if self.unlabelled_rows and model.training and labels is not None and labels.ndim == 1:
             # rows without a label (distill.unlabeled): the task loss is the labelled rows' mean, 0 if there are none
             outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             labelled = (labels >= 0).sum().clamp_min(1)

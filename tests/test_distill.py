@@ -222,8 +222,8 @@ def test_task_loss_skips_unlabelled_rows():
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]], requires_grad=True)
     model = lambda **kw: SimpleNamespace(logits=logits)  # noqa: E731
-    model.training = False
-    trainer = SimpleNamespace(loss_terms=[], args=SimpleNamespace(label_smoothing_factor=0.0))
+    model.training = True
+    trainer = SimpleNamespace(loss_terms=[], args=SimpleNamespace(label_smoothing_factor=0.0), unlabelled_rows=True)
     loss = HftlTrainer.compute_loss(trainer, model, {"input_ids": None, "labels": torch.tensor([0, -100, 1])})
     hand = (torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([0, 1]), reduction="mean"))
     assert float(loss) == pytest.approx(float(hand))
