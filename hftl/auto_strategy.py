@@ -128,15 +128,14 @@ def _features(model: nn.Module, dataset, collator, batch_size: int = 32):
         acc[1] = acc[1] + (x * x).sum(1)
         acc[2] += x.shape[1]
 
+    from hftl.runs.load import batches, model_device
+
     hooks = [head.register_forward_pre_hook(grab)] + [m.register_forward_pre_hook(stats) for m in bn]
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(dataset), batch_size):
-            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            batch.pop("labels", None)
-            model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        for _, batch, _ in batches(dataset, collator, batch_size, model_device(model)):
+            model(**batch)
     finally:
         for h in hooks:
             h.remove()

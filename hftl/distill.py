@@ -36,7 +36,6 @@ class Distillation:
             p.requires_grad_(False)
         self.temperature, self.alpha, self.order = temperature, alpha, order
         self.task_weight = 1.0 - alpha
-
         self.cached: dict[bytes, torch.Tensor] | None = None  # example digest -> teacher logits (cache_logits)
         self.hits = self.misses = 0
 
@@ -59,17 +58,18 @@ class Distillation:
                 self.cached[key] = row.detach().cpu()
         logger.info("teacher logits of %d training examples cached", len(self.cached))
 
-    def logits_for(self, inputs: dict) -> torch.Tensor:
+    def logits_for(self, inputs: dict, device) -> torch.Tensor:
+        """The cached logits of a batch whose examples are all cached; else the teacher runs (a miss)."""
         if self.cached is not None:
             rows = [self.cached.get(k) for k in example_keys(inputs)]
             if all(r is not None for r in rows):
                 self.hits += len(rows)
-                return torch.stack(rows).to(next(iter(v for v in inputs.values() if isinstance(v, torch.Tensor))).device)
-        self.misses += 1 if self.cached is not None else 0
+                return torch.stack(rows).to(device)
+            self.misses += 1
         return self.teacher_logits(inputs)
 
     def __call__(self, model, inputs: dict, outputs) -> torch.Tensor:
-        return self.alpha * kd_loss(outputs.logits, self.logits_for(inputs), self.temperature)
+        return self.alpha * kd_loss(outputs.logits, self.logits_for(inputs, outputs.logits.device), self.temperature)
 
 
 def example_keys(batch: dict) -> list[bytes]:
