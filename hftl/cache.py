@@ -66,7 +66,8 @@ def _batches(dataset, collator, batch_size):
         order.sort(key=lengths.__getitem__)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        yield idx, collator([dataset[i] for i in idx])
+        columns = dataset[idx]  # one batched read (and transform), not a row at a time
+        yield idx, collator([dict(zip(columns, values)) for values in zip(*columns.values())])
 
 
 class FeatureCache:

@@ -34,6 +34,7 @@ Every model alias records the Hub id of what it packages (`HUB_IDS`), which runs
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -276,6 +277,18 @@ def tweets_rows() -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@functools.lru_cache(maxsize=1)
+def _binary_tweets() -> tuple[dict, ...]:
+    """The confident positive / negative rows, shuffled with seed 0; read once a process (runs that try one head
+    after another reload the data each time)."""
+    rows = [
+        r for r in tweets_rows()
+        if r.get("sentiment") in ("positive", "negative") and float(r.get("confidence") or 0) >= 0.7
+    ]
+    random.Random(0).shuffle(rows)
+    return tuple(rows)
+
+
 def _tweets(config: str | None):
     """Positive vs negative tweets (confidence >= 0.7), shuffled with seed 0.
 
@@ -291,11 +304,7 @@ def _tweets(config: str | None):
             f"Recipe key 'data.dataset_config_name': zoo:tweets-sentiment has no config {config!r}; "
             f"allowed: {', '.join(configs)}.{did_you_mean(config, configs)}"
         )
-    rows = [
-        r for r in tweets_rows()
-        if r.get("sentiment") in ("positive", "negative") and float(r.get("confidence") or 0) >= 0.7
-    ]
-    random.Random(0).shuffle(rows)
+    rows = _binary_tweets()
     features = Features({"text": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
 
     def build(part):

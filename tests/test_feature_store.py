@@ -143,3 +143,32 @@ def test_cli_info_and_clear(text_recipe, store):
     cleared = subprocess.run([sys.executable, "-m", "hftl.cli", "cache", "clear"], capture_output=True, text=True, env=env)
     assert cleared.returncode == 0 and "removed 2 feature cache entries" in cleared.stdout
     assert not list(Path(store).glob("*.safetensors"))
+
+
+def test_tokenized_splits_are_fingerprinted_by_the_tokenizer_and_settings(bert_dir, text_csv, tmp_path):
+    """hftl names the tokenize map's result itself (datasets would pickle the tokenizer to do it, ~0.5 s a split):
+    the same tokenizer and settings reuse datasets' cache file; another max length or vocabulary never does."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from hftl.recipe import DataSection
+    from hftl.tasks.text_classification import TextClassification
+
+    ds = load_dataset("csv", data_files=str(text_csv[0]), split="train", cache_dir=str(tmp_path / "hf"))
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    task = TextClassification()
+
+    def data(n):
+        return DataSection(train_file=str(text_csv[0]), max_seq_length=n)
+
+    first = task._tokenize(ds, tok, data(64), ["text"], "train")
+    tok("something else", truncation=True, max_length=3)  # a call in between leaves the backend truncating at 3
+    again = task._tokenize(ds, tok, data(64), ["text"], "train")
+    assert again._fingerprint == first._fingerprint and again.cache_files == first.cache_files
+    assert again["input_ids"] == first["input_ids"]
+
+    short = task._tokenize(ds, tok, data(4), ["text"], "train")
+    assert short._fingerprint != first._fingerprint
+    assert max(map(len, short["input_ids"])) == 4 < max(map(len, first["input_ids"]))
+    assert tok.add_tokens(["zzqx"]) == 1  # another vocabulary: another fingerprint, even if no text uses it
+    assert task._tokenize(ds, tok, data(64), ["text"], "train")._fingerprint != first._fingerprint

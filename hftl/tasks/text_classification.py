@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
+from hftl.data import map_fingerprint
 from hftl.errors import HftlError, did_you_mean
 from hftl.tasks.labels import ClassificationTask
 
@@ -76,8 +77,9 @@ class TextClassification(ClassificationTask):
         def tokenize(batch):
             return tokenizer(*[batch[c] for c in columns], truncation=True, max_length=max_len)
 
-        return ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
-                      desc=f"tokenize {split}")
+        removed = [c for c in ds.column_names if c not in keep]
+        return ds.map(tokenize, batched=True, remove_columns=removed, desc=f"tokenize {split}",
+                      new_fingerprint=map_fingerprint(ds, tokenizer, columns, max_len, removed))
 
     def prepare(self, splits, tokenizer, data, model=None):
         """Tokenize both splits (truncation to max_seq_length; padding per batch by the collator)."""
