@@ -167,14 +167,14 @@ def logistic_regression_baseline() -> dict:
             "train_s": train_s, "trainable": x_train.shape[1] * 10 + 10, "bn": "-"}
 
 
-def batchnorm_report(model) -> str:
+def batchnorm_report(model, checkpoint: str = "zoo:efficientnet-lite0-96px") -> str:
     """How many BatchNorm layers changed their running statistics during training (vs the checkpoint)."""
     import torch
     from safetensors.torch import load_file
 
     from hftl import zoo
 
-    ref = load_file(str(Path(zoo.resolve_model("zoo:efficientnet-lite0-96px")) / "model.safetensors"))
+    ref = load_file(str(Path(zoo.resolve_model(checkpoint)) / "model.safetensors"))
     changed = total = 0
     for name, buf in model.named_buffers():
         if name.endswith("running_mean"):
@@ -190,7 +190,7 @@ def run_variant(recipe: dict) -> dict:
     t0 = time.perf_counter()
     result = hftl.train(recipe)
     wall = time.perf_counter() - t0
-    row = {**summarize(result), "wall_s": wall, "bn": batchnorm_report(result.model)}
+    row = {**summarize(result), "wall_s": wall, "bn": batchnorm_report(result.model, recipe["model"]["model_name_or_path"])}
     # The same trained weights scored with and without hflip TTA (what `eval_tta: [hflip]` does: class
     # probabilities averaged over the image and its mirror), by a plain loop over the run's eval set (the
     # finished run's Trainer cannot evaluate again: hftl.train resets Accelerate's state when it ends).
@@ -210,7 +210,8 @@ def flip_accuracies(result) -> tuple[float, float]:
     hits = hits_tta = n = 0
     with torch.no_grad():
         for batch in DataLoader(trainer.eval_dataset, batch_size=128, collate_fn=trainer.data_collator):
-            x, y = batch["pixel_values"], batch["labels"]
+            device = next(model.parameters()).device
+            x, y = batch["pixel_values"].to(device), batch["labels"].to(device)
             p = model(pixel_values=x).logits.float().softmax(-1)
             p_tta = (p + model(pixel_values=x.flip(-1)).logits.float().softmax(-1)) / 2
             hits += int((p.argmax(-1) == y).sum())
