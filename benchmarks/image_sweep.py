@@ -104,6 +104,33 @@ def choose(raw: dict, folds: int) -> dict | None:
     return {"key": key, "tta": tta == -1, "mean": acc}
 
 
+PLUMBING = {"output_dir", "logging_steps", "eval_strategy", "save_strategy", "dataloader_num_workers"}
+
+
+def shipped_recipe_differs(choice: dict) -> list[str]:
+    """The settings where recipes/image_best.yaml differs from the chosen candidate (run plumbing aside)."""
+    import yaml
+
+    from common import ROOT
+
+    shipped = yaml.safe_load((ROOT / "recipes" / "image_best.yaml").read_text())
+    want = merge(BASE, dict((k, c) for k, _, c in CANDIDATES)[choice["key"]])
+    want.pop("overwrite_output_dir", None)
+    if choice["tta"]:
+        want["eval_tta"] = ["hflip"]
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            elif k not in PLUMBING:
+                yield f"{prefix}{k}", v
+
+    have, want = dict(flat(shipped)), dict(flat(want))
+    return [f"{k}: {have.get(k)!r} (chosen: {want.get(k)!r})" for k in sorted(have.keys() | want.keys())
+            if have.get(k) != want.get(k)]
+
+
 def report(raw: dict, folds: int, save: bool) -> None:
     choice = choose(raw, folds)
     rows = []
@@ -124,8 +151,11 @@ def report(raw: dict, folds: int, save: bool) -> None:
     if choice:
         test = raw.get(f"{choice['key']}/test")
         got = "" if test is None else f" On the 1,000 test images it scores **{test['accuracy_tta' if choice['tta'] else 'accuracy_no_tta']:.3f}**."
+        differs = shipped_recipe_differs(choice)
+        shipped = ("`recipes/image_best.yaml` holds exactly these settings." if not differs else
+                   "WARNING: `recipes/image_best.yaml` differs from the choice: " + "; ".join(differs))
         verdict = (f"Chosen: `{choice['key']}`{' with hflip TTA' if choice['tta'] else ''} (mean held-out accuracy "
-                   f"{choice['mean']:.3f} over {folds} folds).{got}")
+                   f"{choice['mean']:.3f} over {folds} folds).{got} {shipped}")
     else:
         verdict = "Not every candidate has run on every fold yet: no choice."
     body = f"""
