@@ -67,6 +67,7 @@ CANDIDATES = [
     ("p224_e40_mix", "224 px, 40 epochs, the same regularizers", merge(size(224, 40), MIX)),
 ]
 SLICE = 0.2
+FOLDS = 2  # what the stored choice used (--folds)
 
 
 def job_recipe(key: str, fold: str, work: Path, epochs: float | None, workers: int) -> dict:
@@ -158,6 +159,11 @@ def report(raw: dict, folds: int, save: bool) -> None:
                    f"{choice['mean']:.3f} over {folds} folds).{got} {shipped}")
     else:
         verdict = "Not every candidate has run on every fold yet: no choice."
+    machines = {}
+    for key, row in raw.items():
+        machines.setdefault(row.get("machine", "unknown"), []).append(key)
+    where = "; ".join(f"{m}: {', '.join(sorted(keys)) if len(keys) < 4 else f'{len(keys)} rows'}"
+                      for m, keys in machines.items())
     body = f"""
 EfficientNet-Lite0 (ImageNet-1k, `zoo:efficientnet-lite0`, resized to the candidate's `data.image_size`) fully
 fine-tuned on `zoo:fashion-mnist` (1,000 training images). Each candidate runs on {folds} folds of the training
@@ -171,6 +177,8 @@ combined" comparison, chosen from by nobody. Warmup 10%, weight decay 0.01, batc
 
 {verdict}
 
+Where the rows ran (the machine line above is where this table was written): {where}.
+
 One fold's 200 images give accuracies within about +-2.3 points (one standard error near 0.88); the mean of
 {folds} folds about +-{2.3 / folds ** 0.5:.1f}. Train seconds depend on the machine (see the line above): compare them
 within this table only.
@@ -180,7 +188,7 @@ within this table only.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=FOLDS)
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (one process each)")
     ap.add_argument("--workers", type=int, default=0, help="dataloader_num_workers of each run")
     ap.add_argument("--only", help="comma-separated parts of candidate keys")
