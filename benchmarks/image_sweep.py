@@ -31,8 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, load_rows, md_table, merge, save_rows, selected, write_result
-from quality_image import BASE, run_variant, train_only_copy
+from common import ROOT, load_rows, md_table, merge, save_rows, selected, write_result
+from quality_image import BASE, SLICE, run_variant, train_only_copy
 
 IMAGENET = {"model": {"model_name_or_path": "zoo:efficientnet-lite0"}, "strategy": {"preset": "full"}}
 
@@ -69,13 +69,19 @@ CANDIDATES = [
 # Candidates left out of the choice, and why (shown in the table with the folds they ran).
 DROPPED = {"p224_e40_mix": "its second fold did not run: the lent GPU's time ran out before it, and on 2 CPU cores it "
                            "needs ~80 min. To win it would need >= 0.97 with TTA on that fold (its first: 0.865)"}
-SLICE = 0.2
 FOLDS = 2  # what the stored choice used (--folds)
+
+
+LABELS = {key: label for key, label, _ in CANDIDATES}
+
+
+def candidate_recipe(key: str) -> dict:
+    return merge(BASE, next(changes for k, _, changes in CANDIDATES if k == key))
 
 
 def job_recipe(key: str, fold: str, work: Path, epochs: float | None, workers: int) -> dict:
     """fold "0", "1", ...: 800/200 of the training images, seed 42 + fold; fold "test": 1,000 -> test images."""
-    recipe = merge(BASE, dict((k, c) for k, _, c in CANDIDATES)[key])
+    recipe = candidate_recipe(key)
     if fold != "test":
         recipe["seed"] = 42 + int(fold)
         recipe["data"].update(dataset_name=train_only_copy(work / "fashion-mnist-train-only"), train_val_split=SLICE)
@@ -117,10 +123,8 @@ def shipped_recipe_differs(choice: dict) -> list[str]:
     """The settings where recipes/image_best.yaml differs from the chosen candidate (run plumbing aside)."""
     import yaml
 
-    from common import ROOT
-
     shipped = yaml.safe_load((ROOT / "recipes" / "image_best.yaml").read_text())
-    want = merge(BASE, dict((k, c) for k, _, c in CANDIDATES)[choice["key"]])
+    want = candidate_recipe(choice["key"])
     want.pop("overwrite_output_dir", None)
     if choice["tta"]:
         want["eval_tta"] = ["hflip"]

@@ -209,9 +209,9 @@ def flip_accuracies(result) -> tuple[float, float]:
     trainer, model = result.trainer, result.model
     model.eval()
     hits = hits_tta = n = 0
+    device = next(model.parameters()).device
     with torch.no_grad():
         for batch in DataLoader(trainer.eval_dataset, batch_size=128, collate_fn=trainer.data_collator):
-            device = next(model.parameters()).device
             x, y = batch["pixel_values"].to(device), batch["labels"].to(device)
             p = model(pixel_values=x).logits.float().softmax(-1)
             p_tta = (p + model(pixel_values=x.flip(-1)).logits.float().softmax(-1)) / 2
@@ -254,7 +254,7 @@ def sweep_choice() -> tuple[str, dict, bool] | None:
     test = raw.get(f"{choice['key']}/test") if choice else None
     if test is None:
         return None
-    return dict((k, lab) for k, lab, _ in image_sweep.CANDIDATES)[choice["key"]], test, choice["tta"]
+    return image_sweep.LABELS[choice["key"]], test, choice["tta"]
 
 
 def main():
@@ -320,6 +320,7 @@ def main():
     def tta_cell(r):
         return "" if r.get("accuracy_tta") is None else f"{r['accuracy_tta']:.3f}"
 
+    choice = choose_best(raw)  # the first round's, on the one slice
     tuning_rows = []
     for key, label, _ in TUNING:
         r = raw.get(key)
