@@ -65,16 +65,7 @@ def main() -> None:
     parser.add_argument("--config", default="binary", choices=["binary", "binary-full"])
     args = parser.parse_args()
     epochs, config = args.epochs, args.config
-    setup_done = {}
-    original_setup = pipeline.setup
-
-    def timed_setup(*args, **kwargs):
-        s = original_setup(*args, **kwargs)
-        setup_done["t"] = time.perf_counter()
-        return s
-
-    pipeline.setup = timed_setup
-    spent = {}  # seconds inside the Trainer's train() and save_model() of the current run
+    spent = {}  # seconds inside pipeline.setup and the Trainer's train() and save_model() of the current run
 
     def timed(name, f):
         def wrapper(*args, **kwargs):
@@ -87,6 +78,7 @@ def main() -> None:
 
     from transformers import Trainer
 
+    pipeline.setup = timed("setup", pipeline.setup)
     Trainer.train = timed("train", Trainer.train)
     Trainer.save_model = timed("save", Trainer.save_model)
     rows, heads = [], {}
@@ -101,12 +93,12 @@ def main() -> None:
             start = time.perf_counter()
             r = hftl.train(r_recipe)
             end = time.perf_counter()
-            split = {"setup": setup_done["t"] - start, "train": spent["train"], "save": spent["save"]}
+            split = {k: spent[k] for k in ("setup", "train", "save")}
             split["rest"] = end - start - sum(split.values())
             lm = r.plan.layer_map
             heads[i] = {n: p.detach().clone() for n, p in r.model.named_parameters() if lm.depth[n] == lm.head_depth}
             rows.append([name, r.metrics["eval_accuracy"], r.metrics["eval_f1_macro"], round(end - start, 1),
-                         round(end - setup_done["t"], 1)])
+                         round(end - start - spent["setup"], 1)])
     parts = ", ".join(f"{k} {v:.2f} s" for k, v in split.items())
     diff = max((heads[1][n] - heads[0][n]).abs().max().item() for n in heads[0])
     for row in rows:
@@ -119,8 +111,8 @@ def main() -> None:
              f"\nWhere the second cached run's time goes: {parts} (setup: model load, tokenizing, the cache "
              f"key; train: the Trainer's train() with its evaluations; save: writing the full model; rest: "
              f"metrics, plots, card).\n" + WHY)
-    name, train_rows = ("cached_features", "2,000") if config == "binary" else (f"cached_features_{config}", "12,152")
-    write_result(name, f"Cached features vs frozen backbone, {epochs} epochs, {train_rows} training tweets", body)
+    result, train_rows = ("cached_features", "2,000") if config == "binary" else (f"cached_features_{config}", "12,152")
+    write_result(result, f"Cached features vs frozen backbone, {epochs} epochs, {train_rows} training tweets", body)
 
 
 if __name__ == "__main__":
