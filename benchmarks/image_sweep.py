@@ -69,7 +69,7 @@ CANDIDATES = [
     # on the folds; the regularizers helped 192 px, +3 points)
     ("p224_e30_mix", "224 px, 30 epochs, the same regularizers (added after the first choice)",
      merge(size(224, 30), MIX)),
-    # added with no GPU lent: a smaller size that fits 2 CPU cores (~25 min a fold); without augmentation
+    # added with no GPU lent: a smaller size that fits 2 CPU cores (~17 min a fold); without augmentation
     # 128 px had matched 192 px on the folds
     ("p160_e30_mix", "160 px, 30 epochs, the same regularizers (added after the first choice)",
      merge(size(160, 30), MIX)),
@@ -149,15 +149,20 @@ def shipped_recipe_differs(choice: dict) -> list[str]:
             if have.get(k) != want.get(k)]
 
 
+def machine_of(row: dict) -> str:
+    """The row's machine without its versions: 'NVIDIA H200' or 'CPU, 2 threads'."""
+    return row.get("machine", "unknown").split(" (")[0]
+
+
 def where_ran(rows: list[dict], usual: str) -> str:
     """' (on CPU, 2 threads)' when the rows ran elsewhere than most of the table, else ''."""
-    machines = {r.get("machine", "unknown").split(" (")[0] for r in rows} - {usual}
+    machines = {machine_of(r) for r in rows} - {usual}
     return f" (on {', '.join(sorted(machines))})" if machines else ""
 
 
 def report(raw: dict, folds: int, save: bool) -> None:
     choice = choose(raw, folds)
-    usual = statistics.mode(row.get("machine", "unknown").split(" (")[0] for row in raw.values())
+    usual = statistics.mode(machine_of(row) for row in raw.values())
     rows = []
     for key, label, _ in CANDIDATES:
         fold_rows = [raw.get(f"{key}/{f}") for f in range(folds)]
