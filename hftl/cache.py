@@ -80,6 +80,7 @@ class FeatureCache:
         self.timm = hasattr(self.task, "timm_model")
         self.backbone = self.task.timm_model if self.timm else _backbone(self.task)
         self.store: dict[str, list[torch.Tensor]] = {}
+        self.unread: set[str] = set()  # cached fields the task model never reads: a NaN stand-in, not padded rows
         self._patched = False
         self.hits = 0  # splits served from the on-disk feature cache
         self.model_name = getattr(getattr(self.task, "config", None), "_name_or_path", "") or type(self.task).__name__
@@ -178,7 +179,12 @@ class FeatureCache:
         fields = {}
         for k, rows in self.store.items():
             picked = [rows[i] for i in idx.tolist()]
-            fields[k] = nn.utils.rnn.pad_sequence(picked, batch_first=True) if picked[0].dim() >= 2 else torch.stack(picked)
+            if k in self.unread:  # kept in its place (outputs[1] must stay the pooler's), never padded
+                fields[k] = torch.full((len(picked), *picked[0].shape[:-2], 1, picked[0].shape[-1]), float("nan"))
+            elif picked[0].dim() >= 2:
+                fields[k] = nn.utils.rnn.pad_sequence(picked, batch_first=True)
+            else:
+                fields[k] = torch.stack(picked)
         device = next(self.task.parameters()).device
         return BaseModelOutputWithPooling(**{k: v.to(device) for k, v in fields.items()})
 
@@ -187,15 +193,30 @@ class FeatureCache:
             self.backbone.forward_features = lambda x: x
         else:
             self.backbone.forward = self._lookup
+            # Nothing in the backbone runs now: the Trainer's model.train() every step need not walk its modules.
+            self.backbone.eval()
+            self.backbone.train = lambda mode=True: self.backbone
         self._patched = True
 
     def works(self, dataset) -> bool:
-        """One cached batch through the task model: some architectures do not pass extra inputs on."""
+        """One cached batch through the task model: some architectures do not pass extra inputs on. Then each
+        token-level field is probed: when a NaN stand-in leaves the logits exactly as they were (a BERT-style
+        classifier reads only the pooled output), the field is not padded and gathered every step."""
         was_training = self.task.training
         self.task.eval()
+        batch = self.collate([dataset[i] for i in range(min(2, len(dataset)))])
         try:
             with torch.no_grad():
-                self.task(**self.collate([dataset[i] for i in range(min(2, len(dataset)))]))
+                reference = self._logits(batch)
+                token_fields = [] if self.timm else [k for k, rows in self.store.items() if rows and rows[0].dim() >= 2]
+                for k in token_fields:
+                    self.unread.add(k)
+                    try:
+                        same = torch.equal(self._logits(batch), reference)
+                    except Exception:  # noqa: BLE001 -- any failure means the field is read
+                        same = False
+                    if not same:
+                        self.unread.discard(k)
             return True
         except (TypeError, HftlError) as e:
             logger.info("feature cache not used: %s", e)
@@ -204,7 +225,14 @@ class FeatureCache:
         finally:
             self.task.train(was_training)
 
+    def _logits(self, batch) -> torch.Tensor:
+        out = self.task(**{k: v for k, v in batch.items() if k != "labels"})
+        return out.logits if hasattr(out, "logits") else out[0]
+
     def restore(self) -> None:
         if self._patched:
             del self.backbone.__dict__["forward_features" if self.timm else "forward"]
+            if not self.timm:
+                del self.backbone.__dict__["train"]
+                self.backbone.train(self.task.training)
             self._patched = False

@@ -103,3 +103,43 @@ def test_frozen_backbone_runs_in_eval_mode(text_recipe):
                            training={"num_train_epochs": 1}), callbacks=[Probe()])
     train_steps = [s for s in seen if s[1]]
     assert train_steps and not any(encoder for encoder, _ in train_steps)
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_fields_the_head_never_reads_are_not_gathered(bert_dir, head):
+    """A BERT sequence classifier reads only the pooled output: the cached token states get a NaN stand-in, and the
+    logits stay exactly those of the real backbone; a token classifier reads them, so they are served. While the
+    features are served, model.train() does not walk (or switch) the idle backbone; restore() gives it back."""
+    from datasets import Dataset
+    from transformers import (AutoTokenizer, BertForSequenceClassification, BertForTokenClassification,
+                              DataCollatorForTokenClassification, DataCollatorWithPadding)
+
+    from hftl.cache import FeatureCache
+
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    enc = tok(["good movie", "the food was really awful", "so sad", "nice day it was"])
+    if head == "sequence":
+        model, collator = BertForSequenceClassification.from_pretrained(bert_dir), DataCollatorWithPadding(tok)
+        labels = [1, 0, 0, 1]
+    else:
+        model, collator = BertForTokenClassification.from_pretrained(bert_dir), DataCollatorForTokenClassification(tok)
+        labels = [[i % 2] * len(ids) for i, ids in enumerate(enc["input_ids"])]
+    data = Dataset.from_dict({**enc, "labels": labels})
+    model.eval()
+    batch = collator([data[i] for i in range(4)])
+    batch.pop("labels")
+    with torch.no_grad():
+        want = model(**batch).logits
+    cache = FeatureCache(model, collator, batch_size=2, persist=False)
+    train_ds, _ = cache.datasets(data, data)
+    cache.patch()
+    assert cache.works(train_ds)
+    assert cache.unread == ({"last_hidden_state"} if head == "sequence" else set())
+    with torch.no_grad():
+        got = model(**{k: v for k, v in cache.collate([train_ds[i] for i in range(4)]).items() if k != "labels"}).logits
+    real = batch["attention_mask"].bool() if head == "token" else slice(None)  # padding: zeros vs states of [PAD]
+    torch.testing.assert_close(got[real], want[real])
+    model.train()
+    assert model.classifier.training and not model.bert.encoder.training
+    cache.restore()
+    assert model.bert.encoder.training and "train" not in model.bert.__dict__
