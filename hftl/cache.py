@@ -217,6 +217,8 @@ class FeatureCache:
                         same = False
                     if not same:
                         self.unread.discard(k)
+            for k in self.unread:  # their rows are not needed (the disk entry keeps them): one row's shape will do
+                self.store[k] = [self.store[k][0].clone()] * len(self.store[k])
             return True
         except (TypeError, HftlError) as e:
             logger.info("feature cache not used: %s", e)

@@ -135,6 +135,8 @@ def test_fields_the_head_never_reads_are_not_gathered(bert_dir, head):
     cache.patch()
     assert cache.works(train_ds)
     assert cache.unread == ({"last_hidden_state"} if head == "sequence" else set())
+    rows = cache.store["last_hidden_state"]  # an unread field's rows are let go (one shared row keeps the shape)
+    assert len({id(r) for r in rows}) == (1 if head == "sequence" else len(rows))
     with torch.no_grad():
         got = model(**{k: v for k, v in cache.collate([train_ds[i] for i in range(4)]).items() if k != "labels"}).logits
     real = batch["attention_mask"].bool() if head == "token" else slice(None)  # padding: zeros vs states of [PAD]
