@@ -50,9 +50,9 @@ padding; the uncached run pads random batches. The second cached run still loads
 and digests the exact input tensors (the key of its cache entry), then trains the head on features read from
 disk. A BERT classifier reads only the pooled output, so the cached token states are not gathered per batch, and
 the idle backbone is not walked by the Trainer's model.train() every step (since 2026-12-05: the Trainer's part
-of the second run 0.90 s -> 0.69 s on the 2,000 tweets, 3.79 s -> 2.35 s on all 12,152). Its remaining time is the Trainer's own (zero_grad and gradient
-clipping still walk every module of the full model each step; 4 evaluations; a full `gc.collect` before
-training), writing the full 90 MB model (the output must load without hftl) and the plots: 2-5 s that do not
+of the second run 0.90 s -> 0.69 s on the 2,000 tweets, 3.79 s -> 2.35 s on all 12,152). Its remaining time is
+the Trainer's own (zero_grad and gradient clipping still walk every module of the full model each step; 4
+evaluations; a full `gc.collect` before training), writing the full 90 MB model (the output must load without hftl) and the plots: 2-5 s that do not
 shrink with a faster backbone pass, so the speed-up is bounded by how long the uncached run is. On busy cores
 (2026-12-02) the uncached run took 141 s and the ratio read 33.6x; on quiet cores it takes about 60 s.
 """
@@ -67,7 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--config", default="binary", choices=["binary", "binary-full"])
-    parser.add_argument("--repeats", type=int, default=5, help="second cached runs (a few seconds each): the median is shown")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="second cached runs (a few seconds each): the median is shown")
     args = parser.parse_args()
     epochs, config = args.epochs, args.config
     spent = {}  # seconds inside pipeline.setup and the Trainer's train() and save_model() of the current run

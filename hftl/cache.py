@@ -176,12 +176,14 @@ class FeatureCache:
         if idx is None:
             raise HftlError("cache_features: the model did not pass hftl_index to its backbone; "
                             "set strategy.cache_features: false for this architecture.")
-        fields = {}
+        fields, idx = {}, idx.tolist()
         for k, rows in self.store.items():
-            picked = [rows[i] for i in idx.tolist()]
-            if k in self.unread:  # kept in its place (outputs[1] must stay the pooler's), never padded
-                fields[k] = torch.full((len(picked), *picked[0].shape[:-2], 1, picked[0].shape[-1]), float("nan"))
-            elif picked[0].dim() >= 2:
+            if k in self.unread:  # kept in its place (outputs[1] must stay the pooler's), never gathered or padded
+                shape = rows[0].shape
+                fields[k] = torch.full((len(idx), *shape[:-2], 1, shape[-1]), float("nan"))
+                continue
+            picked = [rows[i] for i in idx]
+            if picked[0].dim() >= 2:
                 fields[k] = nn.utils.rnn.pad_sequence(picked, batch_first=True)
             else:
                 fields[k] = torch.stack(picked)
