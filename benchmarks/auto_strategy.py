@@ -66,7 +66,7 @@ def accuracy(rows: dict, keying: str, key: str) -> float | None:
 
 
 def decision_for(recipe: dict):
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     recipe = merge(recipe, {"training": {"output_dir": "/tmp/hftl-auto-decision"}})
@@ -100,7 +100,7 @@ def main():
 Goals: auto never below plain full fine-tuning, within 1 point of the best fixed strategy. The accuracies are the
 validation (published test) rows of each task's quality script; the fixed rows were measured by earlier runs of
 those scripts (same recipe, seed and split), the auto rows by `--only auto`. The evidence is computed on the
-training split only (hftl/auto_strategy.py: median examples per class, the balanced accuracy of a linear probe on
+training split only (hftl/strategy/auto.py: median examples per class, the balanced accuracy of a linear probe on
 the frozen features, the BatchNorm inputs' Gaussian KL from the running statistics, tokenizer pieces per word)."""
     write_result("auto_strategy", "strategy.preset: auto vs the fixed strategies", body)
 

@@ -8,7 +8,7 @@ the checkpoint), a new head, tweets positive vs negative (2,000 train / 1,000 ev
    backbone never runs.
 Goals: run 2 >= 8x faster than run 1 over 10 epochs (the bound is ~10x), the same model; run 3 >= 50x faster
 than run 1 over 3 epochs. Times: the whole `hftl.train` call, and "after setup" (from the end of
-`hftl.pipeline.setup` -- model loaded, data tokenized -- to the end: features computed or read, training,
+`hftl.training.setup.setup` -- model loaded, data tokenized -- to the end: features computed or read, training,
 every evaluation, outputs).
 
     .venv/bin/python benchmarks/cached_features.py [--epochs 3] [--config binary-full] [--repeats 5]
@@ -62,7 +62,7 @@ def main() -> None:
     import os
 
     import hftl
-    from hftl import pipeline
+    from hftl.training import pipeline
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)

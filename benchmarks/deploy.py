@@ -100,9 +100,10 @@ def latencies(run_dir: Path, exports: dict) -> dict:
     """{form: {"1": ms, "32": ms}}: every form timed in the same rounds, one thread each."""
     import torch
 
-    from hftl.runs.export import eval_set
+    from hftl.runs.compare import eval_set
     from hftl.runs.load import load_model, read_run
-    from hftl.runs.onnx import latency_ms, run_logits, session
+    from hftl.runs.onnx import latency_ms
+    from hftl.runs.onnx_model import run_logits, session
 
     run = read_run(run_dir)
     model = load_model(run_dir).float().cpu().eval()

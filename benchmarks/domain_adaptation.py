@@ -35,7 +35,7 @@ THRESHOLD, ROUNDS = 0.9, 2
 
 def write_domains(folder: Path) -> dict[str, Path]:
     """source train/validation, target pool (labels kept only to score the pseudo-labels) and target test."""
-    from hftl.zoo import tweets_rows
+    from hftl.zoo.datasets import tweets_rows
 
     rows = [{"text": r["text"], "label": r["sentiment"]} for r in tweets_rows()
             if r.get("sentiment") in ("positive", "negative") and float(r.get("confidence") or 0) >= 0.7]

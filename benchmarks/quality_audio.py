@@ -16,7 +16,7 @@ Rows (per dataset), every hftl row one recipe dict run with `hftl.train`:
 4. the same architecture from random init (timm's own init, saved as a checkpoint folder: see
    `random_cnn_checkpoint` for why not `strategy.reinit`);
 5. a small Wav2Vec2 (~1 M parameters) from random init on raw 16 kHz audio;
-6. the hand-written baseline: standardised MFCC statistics (`hftl.audio.mfcc_stats`) + scikit-learn
+6. the hand-written baseline: standardised MFCC statistics (`hftl.tasks.audio_io.mfcc_stats`) + scikit-learn
    LogisticRegression;
 
 plus, on spoken-language, a confound probe: LogisticRegression on recording metadata only (duration, channels,
@@ -169,7 +169,7 @@ def mfcc_baseline(dataset: str, quick: bool) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from hftl import audio
+    from hftl.tasks import audio_io as audio
 
     train, val, names = _splits(dataset, quick)
     sr = SPECTROGRAM["sampling_rate"]

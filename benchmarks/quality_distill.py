@@ -112,15 +112,15 @@ def tokenizer_of(run_dir: Path):
 
 
 def truncated_init(teacher_dir: Path, layers: list[int], folder: Path) -> str:
-    """The teacher truncated to `layers` (hftl.distill.truncate, DistilBERT's init), saved as a plain
+    """The teacher truncated to `layers` (hftl.training.features.distillation.truncate, DistilBERT's init), saved as a plain
     checkpoint folder that `model.pooling: mean` loads with a fresh pooler (before hftl 3c4d818 the truncated copy
     fed the teacher's pooler its mask; see the notes). Checked: the same logits as a correctly pooled truncation."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     import hftl
-    from hftl.distill import truncate
-    from hftl.pooling import MODEL_TYPE_PREFIX, apply_pooling
+    from hftl.training.features.distillation import truncate
+    from hftl.model.pooling import MODEL_TYPE_PREFIX, apply_pooling
 
     if (folder / "config.json").is_file():
         return str(folder)
@@ -304,7 +304,7 @@ all-MiniLM-L6-v2 (`zoo:minilm-l6`) on tweets, positive vs negative (`zoo:tweets-
 train / 1,000 validation; the majority class is 82.1%). Teacher: `recipes/gradual_unfreezing.yaml` unchanged but
 for the output dir, no intermediate checkpoints/evaluations and no loader workers (discriminative LR, head 2e-4,
 decay 0.8, gradual unfreezing every 15 steps, 3 epochs, batch 32). Students: the trained teacher truncated to the
-blocks shown (`hftl.distill.truncate`, DistilBERT's initialisation; the blocks fixed in advance by rule, one out of
+blocks shown (`hftl.training.features.distillation.truncate`, DistilBERT's initialisation; the blocks fixed in advance by rule, one out of
 two and one out of three, not chosen on the validation set), all fine-tuned in full with one schedule: 3 epochs,
 batch 32, AdamW, flat lr 5e-5 after 10% warm-up, weight decay 0.01, seed 42, mean pooling, max_seq_length 64.
 KD rows: `distill: {{teacher: <teacher run dir>, temperature: 4, alpha: ...}}`, loss = alpha T^2 KL(teacher ||
@@ -355,7 +355,7 @@ NOTES = """
 - Parameters: MiniLM's 30,522 x 384 word embeddings (11.7M) stay in every student, so 3 of 6 blocks removes only
   24% of the parameters (2 of 6: 31%); the forward pass time is mostly the blocks, hence the speed-ups.
 - No-KD baseline: the same truncated-teacher init trained on the labels alone, without a `distill:` block (a
-  checkpoint folder written with `hftl.distill.truncate`). `distill.alpha: 0` is accepted, but the teacher still
+  checkpoint folder written with `hftl.training.features.distillation.truncate`). `distill.alpha: 0` is accepted, but the teacher still
   runs on every training batch (its KL term is computed, then multiplied by 0): the `alpha: 0` row has exactly the
   no-KD row's accuracy and macro-F1 at 132 instead of 68 train s.
 - `student_from_teacher` as shipped: the student is a `copy.deepcopy` of the teacher, and the copy keeps the

@@ -3,7 +3,7 @@
 The seed's ants-vs-bees case study (ResNet-18, 244 train / 153 validation images) finds feature extraction as
 good as full fine-tuning on data close to ImageNet. This is the same question on Tux Paint's stamps (Debian
 `tuxpaint-stamps-default`: 209 real cut-out photos and some clip-art, 6 classes -- birds, flowers, fruit,
-insects, mammals, vegetables; 148 train / 61 validation, `hftl.zoo.STAMP_CLASSES`) with EfficientNet-Lite0
+insects, mammals, vegetables; 148 train / 61 validation, `hftl.zoo.tuxpaint.STAMP_CLASSES`) with EfficientNet-Lite0
 (ImageNet-1k, `zoo:efficientnet-lite0`) at 128 px (`data.image_size: 128`: resized straight to 128x128; 224 px
 is ~3x slower on 2 CPU cores): feature extraction, partial fine-tuning (the top 4 of 16 MBConv blocks,
 conv_head and the head), full fine-tuning, and the same architecture from random init (timm's init). Light

@@ -90,10 +90,8 @@ def _run(args) -> int:
         result.trainer.accelerator.end_training()
         return 1 if result.push_error else 0
     if args.command == "lr-find":
-        from hftl.lr_range import lr_find
-
-        result = lr_find(args.recipe, args.overrides, start_lr=args.start_lr, end_lr=args.end_lr,
-                         num_steps=args.steps, output=args.output)
+        result = hftl.lr_find(args.recipe, args.overrides, start_lr=args.start_lr, end_lr=args.end_lr,
+                              num_steps=args.steps, output=args.output)
         suggested = f"{result.suggestion:.3g}" if result.suggestion else "none (too few points: raise --steps)"
         print(f"suggested training.learning_rate: {suggested}  ({len(result.lrs)} steps, "
               f"{result.lrs[0]:.1e} .. {result.lrs[-1]:.1e}; plot: {result.files['plot']})")
@@ -109,9 +107,9 @@ def _run(args) -> int:
     if args.command == "predict":
         return _predict(args)
     if args.command == "eval":
-        from hftl.runs.evaluate import ensemble_table, evaluate
+        from hftl.runs.evaluate import ensemble_table
 
-        result = evaluate(args.run_dirs, args.data, args.output, args.batch_size)
+        result = hftl.evaluate(args.run_dirs, args.data, args.output, args.batch_size)
         if "ensemble" in result:
             print(ensemble_table(result))
         else:
@@ -120,12 +118,10 @@ def _run(args) -> int:
             print(result["report"]["table"])
         return 0
     if args.command == "export":
-        from hftl.runs.export import export
-
-        print(export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune, to=args.to))
+        print(hftl.export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune, to=args.to))
         return 0
     if args.command == "cache":
-        from hftl import feature_store
+        from hftl.training import feature_store
 
         if args.action == "clear":
             n, size = feature_store.clear()
@@ -134,8 +130,8 @@ def _run(args) -> int:
             print(feature_store.info())
         return 0
     if args.command == "push":
-        from hftl.runs.hub import push_output_dir
         from hftl.recipe import HubSection
+        from hftl.runs.hub import push_output_dir
 
         hub = HubSection(push=True, repo_id=args.repo_id, private=args.private, revision=args.revision,
                          commit_message=args.commit_message, upload=args.upload, base_model=args.base_model,
@@ -146,7 +142,7 @@ def _run(args) -> int:
 
 
 def _print_rounds(result) -> None:
-    from hftl.self_training import summary
+    from hftl.training.loops import summary
 
     for record in result.rounds:
         print(f"self-training round {record['round']}: {summary(record)}")
@@ -168,15 +164,15 @@ def _split_runs(paths: list[str]) -> tuple[list[str], list[str]]:
 def _predict(args) -> int:
     import json
 
-    from hftl.runs.predict import predict
+    import hftl
 
     runs, inputs = _split_runs(args.paths)
-    rows = predict(runs, inputs, top_k=args.top_k, batch_size=args.batch_size)
+    rows = hftl.predict(runs, inputs, top_k=args.top_k, batch_size=args.batch_size)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if args.output:
         from pathlib import Path
 
-        from hftl.runs.outputs import write_text
+        from hftl.files import write_text
 
         write_text(Path(args.output), text)
     else:

@@ -136,7 +136,7 @@ def child_env() -> dict[str, str]:
 
 def prepared(recipe: dict):
     """(splits, processor, train, validation, collator) as the pipeline builds them, without a model."""
-    from hftl import models
+    from hftl import model as models
     from hftl.data import load_splits
     from hftl.recipe import load_recipe
     from hftl.tasks import get_task

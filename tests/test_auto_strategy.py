@@ -11,7 +11,7 @@ import torch
 
 from conftest import prepared
 
-from hftl.auto_strategy import BN_FAR, FEATURE_EXTRACTION_LR, decide
+from hftl.strategy.auto import BN_FAR, FEATURE_EXTRACTION_LR, decide
 
 
 def evidence(median, separability=0.8, bn_shift=None, pieces=None):
@@ -48,7 +48,7 @@ def test_decide_follows_the_table(ev, choice):
 
 
 def _model_and_data(image_recipe, resnet_dir):
-    from hftl import models
+    from hftl import model as models
     from hftl.recipe import load_recipe
     from hftl.tasks import get_task
 
@@ -61,7 +61,7 @@ def _model_and_data(image_recipe, resnet_dir):
 
 def test_probe_separability_reads_the_labels(image_recipe, resnet_dir):
     """Red vs blue images: the frozen features separate the true classes; with the labels shuffled, chance."""
-    from hftl.auto_strategy import gather
+    from hftl.strategy.auto import gather
     from hftl.tasks import get_task
 
     r, splits, processor, model, _, _ = _model_and_data(image_recipe, resnet_dir)
@@ -80,7 +80,7 @@ def test_bn_shift_grows_with_the_distance_from_the_running_statistics(image_reci
     """The running statistics set from the red/blue images: those images sit at ~0, their negatives far away."""
     from datasets import Dataset
 
-    from hftl.auto_strategy import _features
+    from hftl.strategy.auto import _features
 
     r, splits, processor, model, validation, collator = _model_and_data(image_recipe, resnet_dir)
     batch = collator([validation[i] for i in range(len(validation))])
@@ -105,8 +105,8 @@ def test_bn_shift_grows_with_the_distance_from_the_running_statistics(image_reci
 def test_explicit_keys_win(text_recipe, monkeypatch):
     """The recipe's own strategy keys stay; the rest comes from the choice. training.learning_rate is never
     touched: feature extraction's head gets its rate through strategy.discriminative_lr.head_lr."""
-    import hftl.auto_strategy as auto
-    from hftl.pipeline import setup
+    import hftl.strategy.auto as auto
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(20))  # small, close: feature extraction

@@ -209,9 +209,8 @@ def fill(text: str, values: dict[str, str]) -> str:
 ZYGOTE = r'''
 import importlib, json, os, signal, sys, time, traceback
 
-WARM = ["torch", "transformers", "datasets", "peft", "accelerate", "PIL.Image", "hftl", "hftl.recipe", "hftl.data",
-        "hftl.models", "hftl.adapters", "hftl.strategy", "hftl.pipeline", "hftl.trainer", "hftl.runs.outputs",
-        "hftl.metrics", "hftl.tasks.text_classification", "hftl.tasks.image_classification", "hftl.peft_config"]
+WARM = ["torch", "transformers", "datasets", "peft", "accelerate", "PIL.Image", "hftl", "hftl.api", "hftl.recipe",
+        "hftl.data", "hftl.model", "hftl.strategy", "hftl.runs.outputs", "hftl.training.pipeline", "hftl.metrics"]
 for name in WARM:
     try:
         importlib.import_module(name)

@@ -114,7 +114,7 @@ def test_fields_the_head_never_reads_are_not_gathered(bert_dir, head):
     from transformers import (AutoTokenizer, BertForSequenceClassification, BertForTokenClassification,
                               DataCollatorForTokenClassification, DataCollatorWithPadding)
 
-    from hftl.cache import FeatureCache
+    from hftl.training.cache import FeatureCache
 
     tok = AutoTokenizer.from_pretrained(bert_dir)
     enc = tok(["good movie", "the food was really awful", "so sad", "nice day it was"])

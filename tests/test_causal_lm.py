@@ -152,6 +152,33 @@ def test_loss_falls_well_below_its_start_and_perplexity_is_exp_loss(lm_recipe):
     assert saved["eval_perplexity"] == pytest.approx(r.metrics["eval_perplexity"])
 
 
+def test_eval_loss_is_the_token_mean_whatever_the_eval_batch_size(lm_recipe, tmp_path):
+    """Trap: the Trainer's eval_loss is a mean of batch means, so it (and the perplexity from it) moved with
+    per_device_eval_batch_size. hftl weighs each batch by its label tokens: the hand-computed token mean."""
+    import hftl
+
+    from lm_assets import WORDS, write_jsonl
+
+    rows = [{"text": " ".join(WORDS[: 1 + (7 * i) % 18])} for i in range(40)]  # 1 to 18 words
+    data = {"train_file": str(write_jsonl(tmp_path / "lengths.jsonl", rows))}
+    runs = [hftl.train(lm_recipe(data=data, training={"max_steps": 2, "per_device_eval_batch_size": bs,
+                                                      "output_dir": str(tmp_path / f"bs{bs}")})) for bs in (1, 7)]
+    r = runs[0]
+    total = count = 0.0
+    model = r.model.eval()
+    with torch.no_grad():
+        for row in r.trainer.eval_dataset:
+            batch = r.trainer.data_collator([row])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())
+            total += float(_hand_loss(logits, batch["labels"])) * n
+            count += n
+    assert len({len(row["input_ids"]) for row in r.trainer.eval_dataset}) > 1  # rows of several lengths
+    assert r.metrics["eval_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert runs[1].metrics["eval_loss"] == pytest.approx(r.metrics["eval_loss"], rel=1e-5)
+    assert runs[1].metrics["eval_perplexity"] == pytest.approx(math.exp(r.metrics["eval_loss"]), rel=1e-5)
+
+
 def test_tied_head_freezes_with_the_embeddings_and_the_plan_says_so(lm_recipe):
     import hftl
     from transformers import AutoModelForCausalLM
@@ -204,7 +231,7 @@ def test_discriminative_lr_and_gradual_unfreezing_reach_the_decoder_blocks(lm_re
 def test_reinit_top_block(lm_recipe, gpt2_lm_dir):
     from transformers import AutoModelForCausalLM
 
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     start = AutoModelForCausalLM.from_pretrained(gpt2_lm_dir)
@@ -390,7 +417,8 @@ def test_messages_need_a_chat_template(lm_recipe, gpt2_nochat_dir):
 
 
 def test_generation_block_is_refused_for_classification(text_recipe):
-    from hftl.recipe import RecipeError, load_recipe
+    from hftl.errors import RecipeError
+    from hftl.recipe import load_recipe
 
     with pytest.raises(RecipeError, match=r"'generation' is read by task causal-lm and seq2seq only"):
         load_recipe(text_recipe(generation={"prompts": ["hi"]}))

@@ -97,7 +97,7 @@ def test_replay_and_ewc_forget_less_than_plain_continuation(bert_dir, sequence, 
 def test_fisher_is_computed_once_and_stored_with_the_previous_run(bert_dir, sequence, tmp_path):
     from safetensors import safe_open
 
-    from hftl.continual import FISHER_FILE
+    from hftl.training.features.continual import FISHER_FILE
 
     path = sequence["previous"] / FISHER_FILE
     path.unlink(missing_ok=True)
@@ -114,8 +114,28 @@ def test_fisher_is_computed_once_and_stored_with_the_previous_run(bert_dir, sequ
     assert path.stat().st_mtime_ns != stamp  # another sample count: another Fisher
 
 
+def test_plan_and_validate_write_nothing(bert_dir, sequence, tmp_path):
+    """hftl plan on a continual EWC recipe builds everything a run would, and writes no file anywhere: not the
+    Fisher into the previous run dir, not the output dir (the Fisher is computed when training starts)."""
+    import hftl
+    from hftl.training.features.continual import FISHER_FILE
+
+    previous = sequence["previous"]
+    (previous / FISHER_FILE).unlink(missing_ok=True)
+    before = sorted((p.relative_to(previous), p.stat().st_mtime_ns) for p in previous.rglob("*"))
+    out = tmp_path / "planned"
+    recipe = _recipe(bert_dir, sequence["new_train"], sequence["new_val"], out,
+                     continual={"previous": str(previous), "ewc": {"lambda": 10, "samples": 8},
+                                "replay": {"fraction": 0.3}})
+    table = hftl.plan(recipe)
+    assert "| head |" in table
+    hftl.load_recipe(recipe)
+    assert sorted((p.relative_to(previous), p.stat().st_mtime_ns) for p in previous.rglob("*")) == before
+    assert not out.exists()
+
+
 def test_ewc_penalty_equals_the_hand_computation():
-    from hftl.continual import Ewc
+    from hftl.training.features.continual import Ewc
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -144,7 +164,7 @@ def test_new_classes_grow_the_head_and_keep_the_old_predictions(bert_dir, sequen
     The head grows by one output, the old rows kept and the new one the old rows' mean, so the old task scores as
     before at step 0; after training on the new class with replay, all three classes are predicted."""
     import hftl
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     train = _csv(tmp_path / "none_train.csv", none_rows(48, 5))

@@ -12,11 +12,11 @@ import torch
 from conftest import merge_sections
 
 from hftl.errors import HftlError
-from hftl.recipe import RecipeError
+from hftl.errors import RecipeError
 
 
 def test_kd_loss_is_the_hand_formula():
-    from hftl.distill import kd_loss
+    from hftl.training.features.distillation import kd_loss
 
     student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
     teacher = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
@@ -85,14 +85,14 @@ def test_loss_is_the_weighted_sum_of_its_logged_terms(text_recipe, teacher_run, 
     assert logs
     for h in logs:
         assert h["loss"] == pytest.approx(0.75 * h["loss_task"] + h["loss_distill"], rel=1e-3, abs=1e-4)
-    teacher = r.trainer.loss_terms[0].teacher
+    teacher = r.trainer.feature("distill").term.teacher
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
 def test_student_from_teacher_keeps_the_chosen_blocks(text_recipe, teacher_run, text_csv):
     from transformers import AutoModelForSequenceClassification
 
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_run)
@@ -108,7 +108,7 @@ def test_student_from_teacher_keeps_the_chosen_blocks(text_recipe, teacher_run, 
 
 
 def test_teacher_with_other_labels_is_refused(text_recipe, teacher_run, tmp_path):
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     other = tmp_path / "three.csv"
@@ -132,8 +132,8 @@ def test_truncated_student_pools_with_its_own_attention_mask():
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from hftl.distill import truncate
-    from hftl.remote.hftl_pooling import use_token_pooling
+    from hftl.training.features.distillation import truncate
+    from hftl.model.remote.hftl_pooling import use_token_pooling
 
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=4,
@@ -153,10 +153,10 @@ def test_truncated_student_pools_with_its_own_attention_mask():
 def test_teacher_logits_are_computed_once_and_serve_every_step(text_recipe, teacher_run, text_csv):
     """cache_teacher (auto: the text is not augmented): every training batch is served from the cache, never by a
     teacher forward, and the student ends where the same run with the live teacher ends."""
-    from hftl.distill import example_keys
+    from hftl.training.features.distillation import example_keys
 
     cached = _student(text_recipe, teacher_run, text_csv[0], alpha=0.5)
-    term = cached.trainer.loss_terms[0]
+    term = cached.trainer.feature("distill").term
     steps = cached.trainer.state.global_step
     assert term.cached is not None and len(term.cached) == len(cached.trainer.train_dataset)
     assert term.misses == 0 and term.hits == 6 * len(cached.trainer.train_dataset)  # 6 epochs, every example
@@ -176,7 +176,7 @@ def test_teacher_logits_are_computed_once_and_serve_every_step(text_recipe, teac
                                                "cache_teacher": False},
                                       training={"num_train_epochs": 6, "logging_steps": 1,
                                                 "output_dir": str(cached.output_dir) + "_live"}))
-    assert live_run.trainer.loss_terms[0].cached is None and live_run.trainer.state.global_step == steps
+    assert live_run.trainer.feature("distill").term.cached is None and live_run.trainer.state.global_step == steps
     a, b = cached.model.state_dict(), live_run.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
 
@@ -215,19 +215,20 @@ def test_unlabelled_rows_teach_through_the_teacher_alone(text_recipe, teacher_ru
 
 
 def test_task_loss_skips_unlabelled_rows():
-    """compute_loss: the labelled rows' mean cross-entropy, 0 for a batch of unlabelled rows (not NaN)."""
+    """The distill feature's task loss: the labelled rows' mean cross-entropy, 0 for a batch of unlabelled rows
+    (not NaN)."""
     from types import SimpleNamespace
 
-    from hftl.trainer import HftlTrainer
+    from hftl.recipe import DistillSection
+    from hftl.training.features.distillation import Distill
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]], requires_grad=True)
     model = lambda **kw: SimpleNamespace(logits=logits)  # noqa: E731
-    model.training = True
-    trainer = SimpleNamespace(loss_terms=[], args=SimpleNamespace(label_smoothing_factor=0.0), unlabelled_rows=True)
-    loss = HftlTrainer.compute_loss(trainer, model, {"input_ids": None, "labels": torch.tensor([0, -100, 1])})
+    feature = Distill(DistillSection(teacher="t", unlabeled="rows.csv"))
+    loss, _ = feature.task_loss(model, {"input_ids": None, "labels": torch.tensor([0, -100, 1])})
     hand = (torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([0, 1]), reduction="mean"))
     assert float(loss) == pytest.approx(float(hand))
-    none = HftlTrainer.compute_loss(trainer, model, {"input_ids": None, "labels": torch.tensor([-100, -100, -100])})
+    none, _ = feature.task_loss(model, {"input_ids": None, "labels": torch.tensor([-100, -100, -100])})
     assert float(none) == 0.0
     none.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))

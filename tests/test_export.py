@@ -13,7 +13,9 @@ import torch
 
 import hftl
 from hftl.errors import HftlError
-from hftl.runs.export import batches, eval_set, export
+from hftl.data import batches
+from hftl.runs.compare import eval_set
+from hftl.runs.export import export
 from hftl.runs.load import load_model, read_run
 
 TRAIN = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "logging_steps": 4,
@@ -70,7 +72,8 @@ def float_and_exported(run_dir: Path, exported: Path):
     ds, collator, _ = eval_set(run, model)
     ref, out, labels = [], [], []
     with torch.no_grad():
-        for batch, y in batches(ds, collator, size=5):  # another batch size than the export's
+        for b in batches(ds, collator, 5):  # another batch size than the export's
+            batch, y = b.inputs, b.labels
             ref.append(model(**batch).logits)
             out.append(other(**batch).logits)
             labels.append(y)

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 import hftl
 from hftl.errors import HftlError, RecipeError
-from hftl.faults import last_good_checkpoint
+from hftl.training.faults import last_good_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ def store(tmp_path, monkeypatch):
 
 def _hits(recipe: dict) -> int:
     """Splits of the recipe's data served from disk when its feature cache is built."""
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     s = setup(load_recipe(recipe))
@@ -65,7 +65,7 @@ def test_second_run_reads_the_features_and_trains_the_same_head(text_recipe, sto
 
 
 def _umask() -> int:
-    from hftl.runs.outputs import umask
+    from hftl.files import umask
 
     return umask()
 
@@ -113,7 +113,7 @@ def test_off_switch_writes_nothing(text_recipe, store, monkeypatch):
 CONCURRENT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[2])
-from hftl.pipeline import setup
+from hftl.training.setup import setup
 from hftl.recipe import load_recipe
 s = setup(load_recipe(json.loads(sys.argv[1])))
 s.cache.datasets(s.train_dataset, s.eval_dataset)

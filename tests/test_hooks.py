@@ -10,6 +10,8 @@ from transformers import TrainerCallback
 import hftl
 import tiny_models
 from hftl.errors import HftlError
+from hftl.recipe import StrategySection
+from hftl.strategy import layer_map_for
 from hftl.hooks import build_layer_map, find_head
 
 # ------------------------------------------------------------------------------------------ layer map
@@ -36,7 +38,7 @@ def test_layer_map_covers_every_architecture(name):
 def test_layer_map_through_peft_lora(name):
     import peft
 
-    from hftl.adapters import default_targets
+    from hftl.model.adapters import default_targets
 
     model = tiny_models.ALL[name]()
     plain = build_layer_map(model)
@@ -65,8 +67,11 @@ def test_unknown_architecture_names_the_override():
             self.mid = nn.Linear(8, 8)
             self.out = nn.Linear(8, 2)
 
-    with pytest.raises(HftlError, match="strategy.layer_map.blocks"):
+    with pytest.raises(ValueError, match="Cannot find the repeated blocks of Odd") as raised:
         build_layer_map(Odd())
+    assert "strategy" not in str(raised.value)  # hooks raise plain errors; the strategy names the recipe key
+    with pytest.raises(HftlError, match="strategy.layer_map.blocks"):
+        layer_map_for(Odd(), StrategySection())
     lm = build_layer_map(Odd(), blocks_regex=r"^(inp|mid)\.", head_patterns=["out"])
     assert lm.depth["inp.weight"] == 1 and lm.depth["mid.weight"] == 2 and lm.depth["out.weight"] == lm.head_depth
 
@@ -202,6 +207,22 @@ def test_param_groups_carry_layer_decay_learning_rates(text_recipe):
                 assert g["weight_decay"] == 0.0, n
 
 
+def test_layer_decay_counts_only_depths_that_hold_parameters(text_recipe):
+    """Trap: mean pooling swaps BERT's pooler for a parameter-free one, leaving the depth after the blocks empty;
+    the top block then trained at decay**2 of the head. Only depths that hold parameters count a step."""
+    from hftl.recipe import load_recipe
+    from hftl.training.setup import setup
+
+    s = setup(load_recipe(text_recipe(model={"pooling": "mean"}, strategy={"discriminative_lr": {"layer_decay": 0.5}},
+                                      training={"learning_rate": 1e-3})))
+    lm = s.plan.layer_map
+    assert lm.names_at(lm.head_depth - 1) == []  # the pooler holds nothing now
+    by_depth = {lm.depth[n]: a.lr for n, a in s.plan.lrs.items()}
+    assert by_depth[lm.head_depth] == pytest.approx(1e-3)
+    assert by_depth[lm.head_depth - 2] == pytest.approx(1e-3 * 0.5)  # the top block: one step below the head
+    assert by_depth[0] == pytest.approx(1e-3 * 0.5 ** (lm.num_blocks + 1))
+
+
 def test_head_and_backbone_lr_interpolate_geometrically(text_recipe):
     lrs = GroupLRs()
     r = hftl.train(text_recipe(strategy={"discriminative_lr": {"head_lr": 1e-2, "backbone_lr": 1e-4}},
@@ -316,7 +337,7 @@ def test_batchnorm_statistics(image_recipe, resnet_dir, freeze_bn, strategy, exp
 def test_reinit_from_depth_reinitialises_upper_layers_only(text_recipe, bert_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
 
     s = setup(hftl.load_recipe(text_recipe(strategy={"reinit": {"from_depth": 2}})))
     original = AutoModelForSequenceClassification.from_pretrained(bert_dir).state_dict()
@@ -336,7 +357,7 @@ def test_reinit_resets_batchnorm_running_statistics(image_recipe, resnet_dir, tm
     """A re-initialised conv net starts from scratch: its BatchNorm buffers too, not the checkpoint's statistics."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
 
     model = AutoModelForImageClassification.from_pretrained(resnet_dir)
     for m in model.modules():
@@ -380,7 +401,7 @@ def test_resume_mid_gradual_unfreezing_matches_uninterrupted_run(text_recipe, tm
 
 
 def test_plan_table_lists_every_depth(text_recipe):
-    from hftl.pipeline import plan
+    from hftl.api import plan
 
     table = plan(text_recipe(strategy={"gradual_unfreezing": {"every_epochs": 1},
                                        "discriminative_lr": {"layer_decay": 0.5}},

@@ -208,7 +208,7 @@ def test_ia3_with_explicit_targets_on_vit():
     """PEFT has no IA3 feedforward table for ViT: with only target_modules given, hftl must still build it."""
     import tiny_models
 
-    from hftl.adapters import build_peft_model
+    from hftl.model.adapters import build_peft_model
     from hftl.recipe import PeftSection
 
     section = PeftSection(method="ia3", target_modules=["k_proj", "v_proj", "fc2"])
@@ -261,7 +261,7 @@ def test_layer_decay_over_lora_params(text_recipe):
 
 
 def test_plan_shows_matched_target_modules(text_recipe):
-    from hftl.pipeline import plan
+    from hftl.api import plan
 
     table = plan(text_recipe(peft={"method": "lora", "r": 4}))
     assert "Adapter on 4 modules (query, value)" in table  # 2 layers x query/value

@@ -102,7 +102,7 @@ def test_image_predictions_from_a_folder(image_recipe, image_dirs):
 def test_audio_predictions_of_clips_at_any_rate(w2v_dir, audio_dirs, tmp_path):
     from transformers import AutoFeatureExtractor
 
-    from hftl.audio import load_clip
+    from hftl.tasks.audio_io import load_clip
     from test_audio import audio_recipe
 
     r = hftl.train(audio_recipe(w2v_dir, audio_dirs, tmp_path, training={"num_train_epochs": 1}))

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 import hftl
-from hftl import preflight
+from hftl.training import preflight
+from hftl.training import setup as training_setup
 
 FAST = {"num_train_epochs": 1, "learning_rate": 1e-2}
 TEXT_DATA = {"max_train_samples": 32, "max_eval_samples": 16}
@@ -56,10 +57,10 @@ def test_preflight_leaves_the_run_bit_identical(kind, text_recipe, image_recipe,
                               data={"max_train_samples": 16, "max_eval_samples": 8})
     calls = []
     real = preflight.check_first_step
-    monkeypatch.setattr(preflight, "check_first_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(training_setup, "check_first_step", lambda *a, **k: calls.append(1) or real(*a, **k))
     with_check = hftl.train(recipe, overrides=["overwrite_output_dir=true"]).model.state_dict()
     assert calls, "the pre-flight did not run"
-    monkeypatch.setattr(preflight, "check_first_step", lambda *a, **k: None)
+    monkeypatch.setattr(training_setup, "check_first_step", lambda *a, **k: None)
     without = hftl.train(recipe, overrides=["overwrite_output_dir=true"]).model.state_dict()
     assert with_check.keys() == without.keys()
     for name in with_check:
@@ -67,7 +68,7 @@ def test_preflight_leaves_the_run_bit_identical(kind, text_recipe, image_recipe,
 
 
 def test_preflight_drops_its_gradients_and_restores_modes(text_recipe):
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
 
     s = setup(hftl.load_recipe(text_recipe(data=TEXT_DATA)))
     assert all(p.grad is None for p in s.model.parameters())

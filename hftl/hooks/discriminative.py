@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from hftl.hooks.freezing import matches
 from hftl.hooks.layers import LayerMap
+from hftl.hooks.names import matches
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,27 @@ class LrAssignment:
 
 
 def depth_lrs(layer_map: LayerMap, base_lr: float, spec) -> list[float]:
-    """The learning rate of every depth 0..head_depth for a depth-based spec (layer_decay, head_lr, backbone_lr)."""
+    """The learning rate of every depth 0..head_depth for a depth-based spec (layer_decay, head_lr, backbone_lr).
+
+    Decay steps count only the depths that hold parameters (and the head, where head_lr is set): a depth left
+    empty (mean pooling's pooler, swapped for a parameter-free one) does not cost the blocks below it a factor."""
     top = layer_map.head_depth
     if spec is None:
         return [base_lr] * (top + 1)
     head_lr = spec.head_lr if spec.head_lr is not None else base_lr
+    filled = {d for d in layer_map.depth.values()} | {top}
+    # rank[d]: the filled depths at or below d, minus one (0 at the bottom, the head's rank at the top)
+    rank, seen = [], -1
+    for d in range(top + 1):
+        seen += d in filled
+        rank.append(max(seen, 0))
+    steps = rank[top]
     if spec.layer_decay is not None:
-        return [head_lr * spec.layer_decay ** (top - d) for d in range(top + 1)]
+        return [head_lr * spec.layer_decay ** (steps - rank[d]) for d in range(top + 1)]
     if spec.backbone_lr is not None:
-        # geometric interpolation from backbone_lr at depth 0 to head_lr at the head
-        ratio = (head_lr / spec.backbone_lr) ** (1 / top)
-        return [spec.backbone_lr * ratio**d for d in range(top + 1)]
+        # geometric interpolation from backbone_lr at the bottom to head_lr at the head
+        ratio = (head_lr / spec.backbone_lr) ** (1 / max(steps, 1))
+        return [spec.backbone_lr * ratio ** rank[d] for d in range(top + 1)]
     return [base_lr] * top + [head_lr]
 
 

@@ -5,54 +5,12 @@ The one place that touches `requires_grad`. Param groups (discriminative.py) nev
 
 from __future__ import annotations
 
-import fnmatch
-import logging
-import re
 from collections.abc import Iterable
 
 from torch import nn
 
-from hftl.hooks.layers import LayerMap, strip_wrappers
-
-logger = logging.getLogger(__name__)
-
-_REGEX_CHARS = set("^$()+\\|{")
-
-
-def is_regex(pattern: str) -> bool:
-    """Globs are the default ('*.layer.0.*'); a pattern with ^ $ ( ) + \\ | { is a regex (searched)."""
-    return bool(_REGEX_CHARS & set(pattern))
-
-
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    """A pattern is a regex (searched) if it looks like one, else a glob on the full name, else a module prefix."""
-    inner = strip_wrappers(name)
-    for p in patterns:
-        if is_regex(p):
-            if re.search(p, name) or re.search(p, inner):
-                return True
-        elif any(fnmatch.fnmatchcase(n, p) or n == p or n.startswith(p + ".") for n in (name, inner)):
-            return True
-    return False
-
-
-def check_patterns(model: nn.Module, patterns: Iterable[str], key: str) -> None:
-    """Every pattern must match at least one parameter: a silent no-op freeze is a bug."""
-    from hftl.errors import HftlError
-
-    names = [n for n, _ in model.named_parameters()]
-    for p in patterns:
-        if is_regex(p):
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise HftlError(f"Recipe key '{key}': {p!r} is not a valid regex ({e}).") from None
-        if not any(matches(n, [p]) for n in names):
-            sample = sorted({".".join(strip_wrappers(n).split(".")[:3]) for n in names})[:12]
-            raise HftlError(
-                f"Recipe key '{key}': pattern {p!r} matches no parameter of the model. Patterns are globs "
-                f"('*.layer.0.*'), module prefixes ('bert.embeddings') or regexes; names start with: {', '.join(sample)}."
-            )
+from hftl.hooks.layers import LayerMap
+from hftl.hooks.names import matches
 
 
 def trainable_names(model: nn.Module) -> set[str]:
@@ -81,16 +39,6 @@ def select(layer_map: LayerMap, names: Iterable[str], freeze, unfreeze: list[str
         frozen = {n for n in names if matches(n, freeze.patterns)}
     keep = {n for n in names if matches(n, unfreeze)} if unfreeze else set()
     return (names - frozen) | (keep & set(layer_map.depth))
-
-
-def log_trainable(model: nn.Module, layer_map: LayerMap) -> None:
-    counts: dict[int, list[int]] = {}
-    for n, p in model.named_parameters():
-        c = counts.setdefault(layer_map.depth[n], [0, 0])
-        c[0] += p.numel()
-        c[1] += p.numel() if p.requires_grad else 0
-    for d in sorted(counts):
-        logger.info("depth %d (%s): %d/%d parameters trainable", d, layer_map.labels[d], counts[d][1], counts[d][0])
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm

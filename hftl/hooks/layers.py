@@ -17,11 +17,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from hftl.errors import HftlError
+from hftl.hooks.names import matches, strip_wrappers, under, unwrap
 
-# Prefixes wrappers add to parameter names: DDP, torch.compile, PEFT (tuner models such as LoRA hold the
-# model as `base_model.model.`, prompt-learning models such as prefix tuning as `base_model.`).
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "base_model.")
 HEAD_LABEL = "head"
 POST_LABEL = "post"
 
@@ -42,7 +39,7 @@ class LayerMap:
     def tied_head(self) -> dict[str, str]:
         """{head parameter: the parameter it is} for head weights tied to a parameter outside the head."""
         return {n: to for n, to in self.tied.items()
-                if any(_under(strip_wrappers(n), h) for h in self.head_modules) and self.depth.get(to) != self.head_depth}
+                if any(under(strip_wrappers(n), h) for h in self.head_modules) and self.depth.get(to) != self.head_depth}
 
     @property
     def num_blocks(self) -> int:
@@ -59,13 +56,13 @@ class LayerMap:
         """A depth given as an int, 'head', 'post', 'embeddings', or a block label -> depth."""
         if isinstance(spec, int) and not isinstance(spec, bool):
             if not 0 <= spec <= self.head_depth:
-                raise HftlError(f"Depth {spec} is out of range: this model has depths 0..{self.head_depth} ({self.describe()}).")
+                raise ValueError(f"Depth {spec} is out of range: this model has depths 0..{self.head_depth} ({self.describe()}).")
             return spec
         if isinstance(spec, str) and spec.lstrip("-").isdigit():
             return self.resolve(int(spec))
         if spec in self.labels:
             return self.labels.index(spec)
-        raise HftlError(f"'{spec}' is not a depth of this model; use a number 0..{self.head_depth} or one of: {self.describe()}.")
+        raise ValueError(f"'{spec}' is not a depth of this model; use a number 0..{self.head_depth} or one of: {self.describe()}.")
 
     def describe(self) -> str:
         if len(self.labels) <= 6:
@@ -74,34 +71,6 @@ class LayerMap:
         low = ", ".join(f"{i}={self.labels[i]}" for i in range(first))
         return (f"{low}, {first}={self.labels[first]} .. {last}={self.labels[last]}, "
                 f"{last + 1}={POST_LABEL}, {self.head_depth}={HEAD_LABEL}")
-
-
-def strip_wrappers(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The task model inside DDP / compile / PEFT wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module) and type(model).__name__ in (
-            "DistributedDataParallel", "DataParallel", "FullyShardedDataParallel"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
-            model = model.get_base_model()
-        else:
-            return model
-
-
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 # ------------------------------------------------------------------------------------------ head detection
@@ -218,7 +187,7 @@ def _stage_blocks(stage: nn.Module):
 
 
 def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patterns: list[str] | None = None) -> LayerMap:
-    """Depth of every parameter of `model` (wrapped or not). Raises HftlError when blocks cannot be found."""
+    """Depth of every parameter of `model` (wrapped or not). Raises ValueError when blocks cannot be found."""
     task = unwrap(model)
     names = [n for n, _ in model.named_parameters()]
     inner_names = [strip_wrappers(n) for n in names]
@@ -230,12 +199,11 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
         first_name.setdefault(id(p), n)
 
     head = list(head_patterns) if head_patterns else find_head(task)
-    from hftl.hooks.freezing import matches  # shared pattern rule: glob, regex or module prefix
 
     def is_head(n: str) -> bool:
         if head_patterns:
             return matches(n, head)
-        return any(_under(n, h) for h in head)
+        return any(under(n, h) for h in head)
 
     if blocks_regex:
         keys = _blocks_from_regex(inner_names, blocks_regex)
@@ -254,15 +222,14 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
         blocks = _encoder_decoder_blocks(task) or find_blocks(backbone, bprefix)
         block_index = {}
         for n in inner_names:
-            i = next((i for i, b in enumerate(blocks) if _under(n, b)), None)
+            i = next((i for i, b in enumerate(blocks) if under(n, b)), None)
             if i is not None:
                 block_index[n] = i
     if not blocks:
-        raise HftlError(
+        raise ValueError(
             f"Cannot find the repeated blocks of {type(task).__name__}: no ModuleList/Sequential of repeated layers. "
-            r"Set strategy.layer_map.blocks to a regex whose first group numbers the blocks, e.g. "
-            r"'encoder\.layer\.(\d+)\.', and strategy.layer_map.head to the head's parameter patterns."
-        )
+            r"Give a regex whose first group numbers the blocks, e.g. 'encoder\.layer\.(\d+)\.', and the head's "
+            "parameter patterns.")
     # In registration order: parameters before the first block are input-side (0), after the last block
     # output-side (L+1); a stage's own parts (e.g. downsampling) between blocks take the next block's depth.
     L = len(blocks)
@@ -292,7 +259,7 @@ def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patt
     heads = [] if head_patterns else head
     if stack is None:
         return LayerMap(depth=depth, labels=labels, blocks=list(blocks), tied=tied, head_modules=heads)
-    depth = {w: 0 if any(_under(n, stack) for n in (w, strip_wrappers(w))) else d + 1 for w, d in depth.items()}
+    depth = {w: 0 if any(under(n, stack) for n in (w, strip_wrappers(w))) else d + 1 for w, d in depth.items()}
     return LayerMap(depth=depth, labels=[_short(stack)] + labels, blocks=list(blocks), input_depths=2, tied=tied,
                     head_modules=heads)
 
@@ -335,16 +302,16 @@ def _blocks_from_regex(names: list[str], regex: str) -> dict[str, tuple]:
     try:
         pattern = re.compile(regex)
     except re.error as e:
-        raise HftlError(f"Recipe key 'strategy.layer_map.blocks': {regex!r} is not a valid regex ({e}).") from None
+        raise ValueError(f"{regex!r} is not a valid regex ({e}).") from None
     if pattern.groups < 1:
-        raise HftlError(f"Recipe key 'strategy.layer_map.blocks': {regex!r} needs a group that numbers the blocks, e.g. 'layers\\.(\\d+)\\.'.")
+        raise ValueError(f"{regex!r} needs a group that numbers the blocks, e.g. 'layers\\.(\\d+)\\.'.")
     out = {}
     for n in names:
         m = pattern.search(n)
         if m:
             out[n] = tuple(int(g) if g.isdigit() else g for g in m.groups() if g is not None)
     if not out:
-        raise HftlError(f"Recipe key 'strategy.layer_map.blocks': {regex!r} matches no parameter name (e.g. {names[len(names) // 2]!r}).")
+        raise ValueError(f"{regex!r} matches no parameter name (e.g. {names[len(names) // 2]!r}).")
     return out
 
 

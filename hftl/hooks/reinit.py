@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hftl.hooks.layers import LayerMap, unwrap
+from hftl.hooks.layers import LayerMap
+from hftl.hooks.names import unwrap
 
 
 def reinit(model: nn.Module, names: set[str]) -> int:

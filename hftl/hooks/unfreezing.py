@@ -75,7 +75,7 @@ def build_stages(layer_map: LayerMap, order: list[int], spec) -> tuple[str, list
                 acc |= set(order) if item == "all" else {layer_map.resolve(item)}
             stages.append((at, set(acc)))
         if not stages or stages[0][0] != 0:
-            raise ValueError("strategy.gradual_unfreezing.schedule must say what trains at 0, e.g. {0: head}")
+            raise ValueError("the schedule must say what trains at 0, e.g. {0: head}")
         return unit, stages
     every, unit = (spec.every_epochs, "epoch") if spec.every_epochs else (spec.every_steps, "step")
     return unit, [(i * every, set(order[: i + 1])) for i in range(len(order))]

@@ -1,5 +1,5 @@
-"""Finished runs: reading a run directory back, its outputs (metrics, curves, card), export and the Hub.
+"""Finished runs: reading a run directory back (load), using it (predict, evaluate), shipping it (export, onnx,
+hub) and what a run leaves beside its weights (outputs, card).
 
-Training writes its outputs through this package; nothing here imports the training flow (pipeline,
-trainer, strategy, cache, preflight).
+Training writes its outputs through this package; nothing here imports the training flow (hftl/training/).
 """

@@ -8,7 +8,13 @@ execute), the transfer plan, the training arguments and the framework versions.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from hftl import zoo
+from hftl.model import is_local_path
+from hftl.tasks.labels import label_config
+
 
 def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: bool, merged: bool) -> str:
     """Python that loads this run with the ecosystem's own loaders (run by the tests). `task`: the run's Task,
@@ -39,8 +45,6 @@ def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: b
                       f'classifier = pipeline("{name}", model=f"{{model_id}}/merged"{trunc}, trust_remote_code=True)',
                       f"print(classifier({example}))"]
         return "\n".join(lines)
-    from hftl.tasks.labels import label_config
-
     labels = "".join(f", {k}={v!r}" for k, v in label_config(label_names).items()) if label_names else ""
     lines = task.adapter_usage(labels)
     cut = lines.index("") + 1
@@ -49,16 +53,11 @@ def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: b
 
 def _shown(source: str) -> str:
     """A Hub id or zoo alias as is; a local path by its last part only (a card must not map the trainer's disk)."""
-    from hftl.models import is_local_path
-
     return f"{Path(source).name} (a local folder or file)" if is_local_path(source) else source
 
 
 def _dataset(recipe) -> tuple[str | None, str]:
     """(Hub dataset id or None, the name to show) of the training data."""
-    from hftl import zoo
-    from hftl.models import is_local_path
-
     source = recipe.data.dataset_name or recipe.data.train_dir or recipe.data.train_file
     if source.startswith(zoo.PREFIX):
         return zoo.dataset_hub_id(source), source
@@ -87,8 +86,6 @@ def card_data(recipe, task, metrics: dict, adapter: bool, base_model: str | None
 
 
 def _versions() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = []
     for name in ("hftl", "transformers", "peft", "torch", "datasets", "tokenizers", "timm", "accelerate"):
         try:

@@ -7,13 +7,19 @@ each member's metrics and those of their ensemble (averaged probabilities), side
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hftl.data import batches, load_raw, load_splits
 from hftl.errors import HftlError
-from hftl.runs.load import Run, batches, load_model, load_processor, model_device, prepare_eval, read_run
+from hftl.files import write_json, write_text
+from hftl.model import model_device
+from hftl.runs.load import Run, load_model, load_processor, prepare_eval, read_run
+from hftl.runs.outputs import save_figure
+from hftl.runs.predict import check_members
 
 
 @dataclass
@@ -41,8 +47,6 @@ def shown_inputs(ds, column: str) -> list[str]:
 def labelled_data(run: Run, data: str | Path | None, what: str = "--data"):
     """The data to score, labels encoded like the run's: its validation split, or `data` (file or folder). `what`
     names `data` in errors (the CLI flag or the recipe key)."""
-    from hftl.data import load_splits
-
     if data is None:
         return load_splits(run.recipe.data, run.recipe.seed, run.task).validation
     return encode_like_run(run, raw_rows(run, data, what), data, what)
@@ -51,15 +55,13 @@ def labelled_data(run: Run, data: str | Path | None, what: str = "--data"):
 def raw_rows(run: Run, data: str | Path, what: str, name_load_errors: bool = False):
     """The rows of a data file or folder in the run's data format, as loaded (labels not encoded).
     `name_load_errors`: a file that does not load is reported under `what` too."""
-    from hftl.data import _load_raw
-
     p = Path(data)
     if not p.exists():
         raise HftlError(f"{what} '{data}' does not exist: give a data file (csv/json/jsonl/parquet) or a folder.")
     keys = {"dataset_name": None, "train_dir": None, "train_file": None, "validation_dir": None, "validation_file": None}
     keys["train_dir" if p.is_dir() else "train_file"] = str(p)
     try:
-        return _load_raw(run.recipe.data.model_copy(update=keys), run.task)["train"]
+        return load_raw(run.recipe.data.model_copy(update=keys), run.task)["train"]
     except HftlError as e:
         if name_load_errors:
             raise HftlError(f"{what} {e}") from None
@@ -113,13 +115,18 @@ def score_prepared(task, model, prepared, collate, shown: list[str], batch_size:
     import torch
 
     probs, true = [], []
-    for features, batch, _ in batches(prepared, collate, batch_size, model_device(model)):
+    for batch in batches(prepared, collate, batch_size, model_device(model)):
         with torch.no_grad():
-            logits = model(**batch).logits
-        probs += task.probabilities(logits, features)
-        labels = [f["labels"] for f in features]
-        true += [np.asarray(lab)[np.asarray(lab) != -100] if isinstance(lab, list) else lab for lab in labels]
+            logits = model(**batch.inputs).logits
+        probs += task.probabilities(logits, batch.rows)
+        true += true_labels(batch.rows)
     return Scored(probs, true, shown)
+
+
+def true_labels(rows: list[dict]) -> list:
+    """Each prepared row's label id, or per-word ids without the -100 of ignored positions."""
+    labels = [r["labels"] for r in rows]
+    return [np.asarray(lab)[np.asarray(lab) != -100] if isinstance(lab, list) else lab for lab in labels]
 
 
 def _arrays(probs: list, true: list) -> tuple[np.ndarray, np.ndarray]:
@@ -197,17 +204,11 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
                     ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
                             color="white" if values[i, j] > top / 2 else "black")
     fig.suptitle(title)
-    from hftl.runs.outputs import save_figure
-
     save_figure(fig, path)
 
 
 def write_report(folder: Path, run: Run, scored: Scored, metrics: dict, source: str) -> dict:
     """eval/: metrics.json, per_class.md, confusion_matrix.png, worst.jsonl. Returns what the card shows."""
-    import json
-
-    from hftl.runs.outputs import write_json, write_text
-
     rows, matrix = per_class(scored.probs, scored.true, run.label_names)
     write_json(folder / "metrics.json", {**metrics, "examples": len(scored.true), "data": source})
     table = per_class_table(rows)
@@ -221,8 +222,6 @@ def evaluate(run_dirs: str | Path | list, data: str | Path | None = None, output
              batch_size: int = 32) -> dict:
     """{"members": {run: metrics}, "ensemble": metrics (several runs)}; files under `output` (default
     <first run>/eval, or <first run>/eval-ensemble for several)."""
-    from hftl.runs.predict import check_members
-
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     runs = [read_run(d) for d in dirs]
     check_members(runs)
@@ -243,8 +242,6 @@ def evaluate(run_dirs: str | Path | list, data: str | Path | None = None, output
     together = Scored(mean, scored[0].true, scored[0].shown)
     result["ensemble"] = metrics_of(runs[0], mean, together.true)
     result["report"] = write_report(folder, runs[0], together, result["ensemble"], source)
-    from hftl.runs.outputs import write_text
-
     write_text(folder / "ensemble.md", ensemble_table(result) + "\n")
     return result
 

@@ -18,11 +18,14 @@ import tempfile
 from pathlib import Path
 
 from hftl.errors import HftlError
-from hftl.runs.load import batches as load_batches
-from hftl.runs.load import check_weights, load_processor, prepare_eval, read_run
+from hftl.files import fix_modes, umask, write_json, write_text
+from hftl.hooks import find_head
+from hftl.model import make_portable
+from hftl.runs.compare import compare, eval_set, state_bytes
+from hftl.runs.load import check_weights, load_model, load_processor, read_run
+from hftl.runs.onnx import export_onnx_folder
 
 KINDS = ("merge", "onnx", "int8", "prune")
-EVAL_BATCH = 32
 RUN_FILES = ("recipe.yaml", "labels.json")
 
 
@@ -51,9 +54,6 @@ def merge_adapter(peft_model, processor, target: Path) -> Path:
 
 
 def _save_pretrained(model, processor, target: Path) -> None:
-    from hftl.pooling import make_portable
-    from hftl.runs.outputs import fix_modes
-
     model.save_pretrained(str(target))  # safetensors
     make_portable(target, model)
     if processor is not None:
@@ -106,13 +106,9 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
         if kind == "prune":
             numbers = _export_pruned(run, model, float(prune), stage)
         else:
-            from hftl.runs.onnx import export_onnx_folder
-
             numbers = export_onnx_folder(run, model, stage, int8=kind == "int8")
         numbers = {"kind": kind, "run": str(run.path), "model": type(model).__name__, **numbers}
         text = markdown(numbers, run.task)
-        from hftl.runs.outputs import write_json, write_text
-
         write_json(stage / "export.json", numbers)
         write_text(stage / "export.md", text)
         _copy_run_files(run, stage)
@@ -147,8 +143,6 @@ def _check_target(target: Path, run_path: Path) -> None:
 
 
 def _load(run):
-    from hftl.runs.load import load_model
-
     try:
         return load_model(run.path)
     except HftlError:
@@ -162,8 +156,6 @@ def _load(run):
 def _staging(target: Path):
     """A temporary folder beside `target`, renamed to it on success (an earlier export there is replaced);
     removed, with any parent folders it had to create, on failure."""
-    from hftl.runs.outputs import umask
-
     missing = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
@@ -186,83 +178,10 @@ def _staging(target: Path):
 
 
 def _copy_run_files(run, stage: Path) -> None:
-    from hftl.runs.outputs import fix_modes
-
     for name in RUN_FILES:
         if (run.path / name).is_file():
             shutil.copyfile(run.path / name, stage / name)
     fix_modes(stage)
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-
-def eval_set(run, model):
-    """(eval dataset, collator): the run's validation split rebuilt from its recipe, preprocessed by its task."""
-    from hftl.data import load_splits
-
-    processor = load_processor(run)
-    splits = load_splits(run.recipe.data, run.recipe.seed, run.task)
-    if len(splits.validation) == 0:
-        raise HftlError(f"The validation set of '{run.path}' has no rows: there is nothing to check the export on.")
-    eval_ds, collator = prepare_eval(run, splits.validation, processor, model)
-    return eval_ds, collator, processor
-
-
-def batches(eval_ds, collator, size: int = EVAL_BATCH):
-    """(inputs without labels, labels) per batch of the eval dataset."""
-    for _, batch, labels in load_batches(eval_ds, collator, size):
-        yield batch, labels
-
-
-def score(run, eval_ds, collator, models: dict) -> dict:
-    """One pass over the eval set with every model (name -> batch -> logits tensor): per model its metrics
-    (the task's compute_metrics), its argmax agreement with the first model and its largest absolute logit
-    difference from it (over labelled positions for per-token tasks)."""
-    import numpy as np
-    import torch
-    from transformers import EvalPrediction
-    from transformers.trainer_pt_utils import nested_concat
-
-    task = run.task
-    names = list(models)
-    preds = dict.fromkeys(names)
-    labels_all = None
-    agree = dict.fromkeys(names, 0)
-    diff = dict.fromkeys(names, 0.0)
-    peak = 0.0
-    count = 0
-    with torch.no_grad():
-        for batch, labels in batches(eval_ds, collator):
-            mask = labels != -100
-            ref = None
-            for name in names:
-                logits = models[name](batch).float()
-                if ref is None:
-                    ref = logits
-                    peak = max(peak, float(ref[mask].abs().max()) if mask.any() else 0.0)
-                agree[name] += int((logits.argmax(-1) == ref.argmax(-1))[mask].sum())
-                diff[name] = max(diff[name], float((logits - ref)[mask].abs().max()) if mask.any() else 0.0)
-                p = task.preprocess_logits_for_metrics(logits, labels) if task.preprocess_logits_for_metrics else logits
-                preds[name] = p if preds[name] is None else nested_concat(preds[name], p, padding_index=-100)
-            count += int(mask.sum())
-            labels_all = labels if labels_all is None else nested_concat(labels_all, labels, padding_index=-100)
-    metrics = task.metrics_for(run.label_names)
-    out = {}
-    for name in names:
-        m = metrics(EvalPrediction(predictions=preds[name].numpy(), label_ids=labels_all.numpy()))
-        out[name] = {"metrics": {k: float(v) for k, v in m.items() if isinstance(v, (int, float, np.floating))},
-                     "agreement": agree[name] / max(count, 1), "max_abs_diff": diff[name]}
-    out["_peak_logit"] = peak
-    out["_examples"] = len(eval_ds)
-    return out
-
-
-def state_bytes(model) -> int:
-    """Bytes of the model's state dict (what its safetensors file holds; shared tensors once)."""
-    seen = {}
-    for t in model.state_dict().values():
-        seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
-    return sum(seen.values())
 
 
 # ----------------------------------------------------------------------------------------------- prune
@@ -273,8 +192,6 @@ def prunable(model) -> tuple[list[tuple[str, object]], list[str]]:
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from hftl.hooks import find_head
-
     head = find_head(model)
     kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, Conv1D)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)
@@ -284,7 +201,6 @@ def prunable(model) -> tuple[list[tuple[str, object]], list[str]]:
 
 
 def _export_pruned(run, model, fraction: float, stage: Path) -> dict:
-    import torch
     from torch.nn.utils import prune
 
     layers, head = prunable(model)
@@ -301,7 +217,7 @@ def _export_pruned(run, model, fraction: float, stage: Path) -> dict:
     all_params = sum(p.numel() for p in pruned.parameters())
     all_zeros = sum(int((p == 0).sum()) for p in pruned.parameters())
     eval_ds, collator, processor = eval_set(run, model)
-    scores = score(run, eval_ds, collator, {"pytorch": lambda b: model(**b).logits,
+    scores = compare(run, eval_ds, collator, {"pytorch": lambda b: model(**b).logits,
                                             "pruned": lambda b: pruned(**b).logits})
     _save_pretrained(pruned, processor, stage)
     return {"fraction": fraction, "pruned_layers": len(targets), "pruned_weights": total,

@@ -8,10 +8,17 @@ Everything goes up in one commit, so a failed push never leaves the repo half up
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
+import re
 from pathlib import Path
 
+from hftl import zoo
 from hftl.errors import HftlError
+from hftl.model import is_local_path
+from hftl.recipe import load_recipe
+from hftl.runs.card import usage_snippet
+from hftl.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +64,9 @@ def _operations(out: Path, upload: str, recipe=None) -> list:
 
 def _merged_usage(card: str, out: Path, recipe) -> str:
     """The card of a run pushed as its merged model: "How to use" loads a plain model, not an adapter."""
-    import json
-    import re
-
-    from hftl.runs.card import usage_snippet
-
     if recipe is None or not (out / "labels.json").is_file():
         return card
     pooling = recipe.model.pooling if recipe.model.pooling in ("mean", "cls") else "default"
-    from hftl.tasks import get_task
-
     code = usage_snippet(recipe, get_task(recipe.task), json.loads((out / "labels.json").read_text()), pooling, adapter=False, merged=False)
     return re.sub(r"(## How to use\n\n```python\n).*?(\n```)", lambda m: m.group(1) + code + m.group(2), card,
                   count=1, flags=re.S)
@@ -75,9 +75,6 @@ def _merged_usage(card: str, out: Path, recipe) -> str:
 def base_model_id(recipe) -> str | None:
     """The Hub id whoever downloads the run can load its base model from: hub.base_model, the zoo alias's
     origin, or model_name_or_path itself when it is a Hub id. None when the base is known only by a local path."""
-    from hftl import zoo
-    from hftl.models import is_local_path
-
     name = recipe.model.model_name_or_path
     return recipe.hub.base_model or zoo.hub_id(name) or (None if is_local_path(name) else name)
 
@@ -85,9 +82,6 @@ def base_model_id(recipe) -> str | None:
 def _retarget(op, repo_id: str, base: str | None):
     """What goes up names the Hub, not the trainer's disk: the card's `model_id` is the repo, and the adapter
     config and card name the base model by its Hub id."""
-    import json
-    import re
-
     from huggingface_hub import CommitOperationAdd
 
     if op.path_in_repo not in ("README.md", "adapter_config.json"):
@@ -112,8 +106,6 @@ def _check_base_model(out: Path, hub, base: str | None) -> None:
     """A base model known only by a path on this disk: warn (one paragraph) or, with hub.strict, refuse."""
     if base is not None:
         return
-    import json
-
     adapter = out / "adapter_config.json"
     local = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.is_file() else None
     what = (f"the adapter config names its base model by the local path '{local}'" if local else
@@ -176,8 +168,6 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     out = Path(output_dir)
     if not out.is_dir():
         raise HftlError(f"'{out}' is not an output dir.")
-    from hftl.recipe import load_recipe
-
     # The run's saved recipe (read once): the pooling it resolved to, its base model's Hub id.
     recipe = load_recipe(out / "recipe.yaml") if (out / "recipe.yaml").is_file() else None
     _check_pooled_adapter(out, hub.upload, recipe)

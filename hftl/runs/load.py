@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hftl.data import Splits
 from hftl.errors import HftlError
+from hftl.model import build_model, load_portable, needs_remote_code
+from hftl.model import load_processor as load_checkpoint_processor
+from hftl.recipe import load_recipe
+from hftl.runs.onnx_model import OnnxModel
+from hftl.tasks import get_task
 
 
 @dataclass
@@ -25,9 +31,6 @@ class Run:
 
 
 def read_run(output_dir: str | Path) -> Run:
-    from hftl.recipe import load_recipe
-    from hftl.tasks import get_task
-
     out = Path(output_dir)
     if not out.is_dir():
         raise HftlError(f"'{out}' is not a folder: give the output dir of an hftl run (training.output_dir).")
@@ -63,25 +66,19 @@ def check_weights(run: Run) -> None:
 def load_model(output_dir: str | Path):
     """Rebuild a trained model from an output dir: the full model, or base + adapter for PEFT runs; for an ONNX
     export (model.onnx, `hftl export --onnx/--int8`) an ONNX Runtime model called the same way."""
-    from hftl import models
-
     run = read_run(output_dir)
     out, recipe, task, labels = run.path, run.recipe, run.task, run.label_names
     if (out / "model.onnx").is_file():
-        from hftl.runs.onnx import OnnxModel
-
         return OnnxModel(out, labels)
     check_weights(run)
     if run.is_adapter:
         from peft import PeftModel
 
-        base = models.build_model(task, recipe.model, labels, recipe.data)
+        base = build_model(task, recipe.model, labels, recipe.data)
         task.configure_model(base, recipe.model)
         task.reload_base(base, out)
         model = PeftModel.from_pretrained(base, str(out))
     else:
-        from hftl.pooling import load_portable, needs_remote_code
-
         # A pooled run is built from hftl's own copy of its code: no trust_remote_code here.
         model = load_portable(out) if needs_remote_code(out) else task.model_class(recipe.data).from_pretrained(str(out))
     return model.eval()
@@ -91,39 +88,12 @@ def load_processor(run: Run):
     """The processor saved in the run (tokenizer / image processor / feature extractor), loaded by its task."""
     section = run.recipe.model.model_copy(update={
         "tokenizer_name": None, "image_processor_name": None, "feature_extractor_name": None, "model_revision": "main"})
-    try:
-        return run.task.load_processor(section, str(run.path), run.recipe.data)
-    except (OSError, ValueError) as e:
-        raise HftlError(f"'{run.path}' has no loadable processor files ({str(e).splitlines()[0] if str(e) else e}): "
-                        "the run dir is incomplete.") from None
-
-
-def batches(dataset, collate, batch_size: int, device=None):
-    """(features, collated inputs without labels, labels or None) per batch of a prepared dataset; the inputs on
-    `device` when given. Collators that pop keys get copies, so `features` stay whole."""
-    for start in range(0, len(dataset), batch_size):
-        features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = dict(collate([dict(f) for f in features]))
-        labels = batch.pop("labels", None)
-        if device is not None:
-            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-        yield features, batch, labels
-
-
-def model_device(model):
-    """Where a model's parameters are (an ONNX Runtime model has none: the CPU)."""
-    import torch
-
-    params = getattr(model, "parameters", None)
-    first = next(iter(params()), None) if callable(params) else None
-    return first.device if first is not None else torch.device("cpu")
+    return load_checkpoint_processor(run.task, section, run.recipe.data, run_dir=str(run.path))
 
 
 def prepare_eval(run: Run, ds, processor, model):
     """(prepared dataset, collator): labelled data `ds` through the task's evaluation preprocessing. prepare()
     takes a training split too: a few rows of `ds` stand in, so nothing is preprocessed or checked twice."""
-    from hftl.data import Splits
-
     stand_in = ds.select(range(min(8, len(ds))))
     _, prepared, collate = run.task.prepare(Splits(stand_in, ds, run.label_names), processor, run.recipe.data, model)
     return prepared, collate

@@ -1,5 +1,6 @@
-"""ONNX export of a finished run (torch.onnx, the torch.export-based exporter), dynamic INT8 quantization with
-ONNX Runtime, and the ONNX Runtime model `load_model` returns for an exported folder.
+"""ONNX export of a finished run (torch.onnx, the torch.export-based exporter) and dynamic INT8 quantization with
+ONNX Runtime, checked against PyTorch on the run's validation set (the model that loads such a folder:
+onnx_model.py).
 
 The graph takes the task collator's tensors by name (input_ids / attention_mask / pixel_values / input_values
 ...) and returns `logits`; the batch axis is dynamic, and so is the second axis of 2-D inputs (tokens, audio
@@ -12,27 +13,23 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
+from hftl.data import batches
 from hftl.errors import HftlError
+from hftl.files import write_json
+from hftl.hooks import find_head
+from hftl.model.remote.hftl_pooling import MODEL_TYPE_PREFIX
+from hftl.runs.compare import compare, eval_set, state_bytes
+from hftl.runs.onnx_model import ONNX_FILE, first_line, run_logits, session
 
-ONNX_FILE = "model.onnx"
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go beside the graph (model.onnx.data): protobuf's 2 GiB cap
 LINEAR_OPS = ["MatMul", "Gemm"]
 INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulIntegerToFloat")
-
-
-def _first_line(e: BaseException) -> str:
-    """The error's own words on one line (torch.onnx wraps the real error under "## Exception summary")."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if "## Exception summary" in lines:
-        lines = lines[lines.index("## Exception summary") + 1:]
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def export_onnx(model, batch: dict, path: Path) -> list[str]:
@@ -61,45 +58,9 @@ def export_onnx(model, batch: dict, path: Path) -> list[str]:
         raise HftlError(f"ONNX export needs the packages onnx and onnxscript ({e}): pip install onnx onnxscript "
                         "onnxruntime.") from None
     except Exception as e:  # torch.export / the ONNX translation raise many types
-        raise HftlError(f"torch.onnx.export could not export {type(model).__name__} ({_first_line(e)}). The run "
+        raise HftlError(f"torch.onnx.export could not export {type(model).__name__} ({first_line(e)}). The run "
                         "itself is unaffected: its PyTorch model, or a pruned copy (--prune), still serve.") from None
     return list(batch)
-
-
-def session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Idle ONNX Runtime threads spin for a while after each run: PyTorch timed in the same process would
-        # share its cores with them (ten times slower on 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _feeds(sess, batch: dict) -> dict:
-    import numpy as np
-
-    types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-             "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
-    feeds = {}
-    for i in sess.get_inputs():
-        if i.name not in batch:
-            raise HftlError(f"The ONNX model takes '{i.name}', which the batch lacks (it has: {', '.join(batch)}).")
-        value = batch[i.name]
-        value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        feeds[i.name] = value.astype(types.get(i.type, value.dtype), copy=False)
-    return feeds
-
-
-def run_logits(sess, batch: dict):
-    """The session's logits for a collated batch (torch tensors; keys the graph does not take are ignored)."""
-    import torch
-
-    return torch.from_numpy(sess.run(["logits"], _feeds(sess, batch))[0])
 
 
 def quantize_int8(float_path: Path, int8_path: Path, model_name: str) -> int:
@@ -114,7 +75,7 @@ def quantize_int8(float_path: Path, int8_path: Path, model_name: str) -> int:
         quantize_dynamic(str(float_path), str(int8_path), op_types_to_quantize=LINEAR_OPS, weight_type=QuantType.QInt8,
                          use_external_data_format=float_path.with_name(float_path.name + ".data").exists())
     except Exception as e:
-        raise HftlError(f"ONNX Runtime could not quantize {model_name} ({_first_line(e)}).") from None
+        raise HftlError(f"ONNX Runtime could not quantize {model_name} ({first_line(e)}).") from None
     finally:
         root.setLevel(level)
     graph = onnx.load(str(int8_path), load_external_data=False).graph
@@ -126,7 +87,6 @@ def nothing_to_quantize(model, head: list[str]) -> str | None:
     ONNX Runtime's dynamic ConvInteger is several times slower than float Conv (conv nets want static
     quantization with calibration data), and a head alone is not worth it."""
     import torch
-
     from transformers.pytorch_utils import Conv1D
 
     def in_head(name):
@@ -152,8 +112,6 @@ def nothing_to_quantize(model, head: list[str]) -> str | None:
 
 def latency_ms(fn, batch, budget_s: float = 0.6, max_runs: int = 30) -> float:
     """Median wall time (ms) of fn(batch), after one warm-up, repeated until `budget_s` or `max_runs`."""
-    import statistics
-
     fn(batch)
     times = []
     start = time.perf_counter()
@@ -171,12 +129,8 @@ def onnx_bytes(path: Path) -> int:
 
 def export_onnx_folder(run, model, stage: Path, int8: bool) -> dict:
     """model.onnx (float, or INT8) in `stage`, checked on the run's validation set: the numbers for the report."""
-    import tempfile
-
+    import onnxruntime
     import torch
-
-    from hftl.hooks import find_head
-    from hftl.runs.export import batches, eval_set, score, state_bytes
 
     name = type(model).__name__
     if int8:
@@ -184,7 +138,7 @@ def export_onnx_folder(run, model, stage: Path, int8: bool) -> dict:
         if reason:
             raise HftlError(reason)
     eval_ds, collator, processor = eval_set(run, model)
-    example = next(batches(eval_ds, collator, size=8))[0]
+    example = next(batches(eval_ds, collator, 8)).inputs
     if next(iter(example.values())).shape[0] < 2:  # torch.export fixes an axis it sees at size 1
         example = {k: torch.cat([v, v]) for k, v in example.items()}
     threads = torch.get_num_threads()
@@ -200,7 +154,7 @@ def export_onnx_folder(run, model, stage: Path, int8: bool) -> dict:
             sessions["int8"] = session(stage / ONNX_FILE, threads)
         models = {"pytorch": lambda b: model(**b).logits,
                   **{k: (lambda b, s=s: run_logits(s, b)) for k, s in sessions.items()}}
-        scores = score(run, eval_ds, collator, models)
+        scores = compare(run, eval_ds, collator, models)
         diff, peak = scores["onnx"]["max_abs_diff"], scores.pop("_peak_logit")
         tolerance = 1e-3 * max(1.0, peak)
         print(f"ONNX Runtime vs PyTorch on {scores['_examples']} validation examples: max abs logit difference "
@@ -223,8 +177,6 @@ def export_onnx_folder(run, model, stage: Path, int8: bool) -> dict:
             sizes["int8"] = onnx_bytes(stage / ONNX_FILE)
     _write_config(model, stage)
     processor.save_pretrained(str(stage))
-    import onnxruntime
-
     numbers = {"max_abs_diff": diff, "tolerance": tolerance, "examples": scores.pop("_examples"), "scores": scores,
                "size_bytes": sizes, "latency_ms": latency, "threads": threads, "inputs": list(example),
                "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
@@ -237,60 +189,9 @@ def _write_config(model, stage: Path) -> None:
     """config.json beside the graph (id2label / label2id for `.config`), describing the model the graph was
     exported from. A mean/cls-pooled run's config names hftl's remote code (auto_map): the pooling is in the
     graph, so the ONNX folder's config is the base model type's, with `hftl_pooling` saying which pooling."""
-    from hftl.pooling import MODEL_TYPE_PREFIX
-    from hftl.runs.outputs import write_json
-
     config = model.config.to_dict()
     config.pop("auto_map", None)
     config["model_type"] = str(config.get("model_type", "")).removeprefix(MODEL_TYPE_PREFIX)
     write_json(stage / "config.json", config)
 
 
-class OnnxOutput:
-    def __init__(self, logits):
-        self.logits = logits
-
-    def __getitem__(self, key):
-        return self.logits if key in (0, "logits") else {}[key]
-
-
-class OnnxModel:
-    """An exported folder's model.onnx behind the PyTorch model's calling convention: `model(**batch).logits`
-    with the collator's torch tensors in and a torch tensor out (keys the graph does not take, such as labels,
-    are ignored). Runs on CPU with ONNX Runtime; `.config` is the run's config (id2label / label2id)."""
-
-    device = "cpu"
-
-    def __init__(self, folder: str | Path, label_names: list[str] | None = None, threads: int | None = None):
-        self.path = Path(folder)
-        try:
-            self.session = session(self.path / ONNX_FILE, threads)
-        except ModuleNotFoundError:
-            raise HftlError(f"'{self.path}' holds an ONNX model: loading it needs onnxruntime (pip install "
-                            "onnxruntime).") from None
-        except Exception as e:
-            raise HftlError(f"'{self.path / ONNX_FILE}' is not a loadable ONNX model ({_first_line(e)}): the file is "
-                            "truncated or corrupt; export the run again.") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.config = self._config(label_names or [])
-
-    def _config(self, label_names):
-        from transformers import PretrainedConfig
-
-        try:  # the plain config class: no model type lookup, no remote code
-            return PretrainedConfig.from_json_file(str(self.path / "config.json"))
-        except (OSError, ValueError):
-            return PretrainedConfig(id2label=dict(enumerate(label_names)),
-                                    label2id={n: i for i, n in enumerate(label_names)})
-
-    def __call__(self, **batch) -> OnnxOutput:
-        return OnnxOutput(run_logits(self.session, batch))
-
-    def eval(self):
-        return self
-
-    def to(self, *args, **kwargs):
-        return self
-
-    def __repr__(self) -> str:
-        return f"OnnxModel('{self.path / ONNX_FILE}', inputs={self.input_names})"

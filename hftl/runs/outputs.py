@@ -1,47 +1,9 @@
-"""What a run leaves in its output dir besides the Trainer's checkpoints: metrics, curves, plan, model card."""
+"""What a run leaves in its output dir besides the Trainer's checkpoints and the files of hftl/files.py: the curves."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode the umask gives an ordinary new file (0o644 under umask 022)."""
-    return 0o666 & ~umask()
-
-
-def fix_modes(folder: Path) -> None:
-    """Give every file under `folder` the umask's ordinary mode. Temp-file writers create 0600 files
-    (mkstemp; safetensors >= 0.8 for weights, safetensors#782), which a teammate or a serving container
-    could not read."""
-    mode = file_mode()
-    for p in Path(folder).rglob("*"):
-        if p.is_file() and not p.is_symlink() and (p.stat().st_mode & 0o777) != mode:
-            os.chmod(p, mode)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, file_mode())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
 
 LR_PREFIX = "learning_rate/"  # per-group learning rates HftlTrainer adds to each training log
 

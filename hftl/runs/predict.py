@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hftl.data import batches
 from hftl.errors import HftlError
-from hftl.runs.load import Run, batches, load_model, load_processor, model_device, read_run
+from hftl.model import model_device
+from hftl.recipe import GenerationSection
+from hftl.runs.load import Run, load_model, load_processor, read_run
 
 logger = logging.getLogger("hftl")
 DATA_FILES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -81,11 +84,11 @@ def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
     collate = run.task.collator(processor, data)
     out = []
     steps = -(-len(ds) // batch_size)
-    for features, batch, _ in tqdm(batches(ds, collate, batch_size, model_device(model)), total=steps,
-                                   desc=f"predict {run.path.name}", disable=steps < 4, leave=False):
+    for batch in tqdm(batches(ds, collate, batch_size, model_device(model)), total=steps,
+                      desc=f"predict {run.path.name}", disable=steps < 4, leave=False):
         with torch.no_grad():
-            logits = model(**batch).logits
-        out += run.task.probabilities(logits, features)
+            logits = model(**batch.inputs).logits
+        out += run.task.probabilities(logits, batch.rows)
     return out
 
 
@@ -98,7 +101,8 @@ def generate(runs: list[Run], dataset, shown: list[str]) -> list[dict]:
                         "run dir at a time.")
     model = load_model(run.path)
     texts = list(dataset[run.task.input_column(run.recipe.data)])
-    completions = run.task.generate(model, load_processor(run), run.recipe, texts)
+    generation = run.recipe.generation or GenerationSection()
+    completions = run.task.generate(model, load_processor(run), run.recipe.data, generation, texts)
     return [{"input": x, "generated_text": c} for x, c in zip(shown, completions)]
 
 

@@ -1,5 +1,15 @@
-"""Task families behind one contract (`Task`, see base.py); the recipe's allowed tasks come from the registry."""
+"""Task families behind one contract (`Task`, see base.py); the recipe's allowed tasks come from the registry.
 
+The built-in tasks register themselves with `register_task` when imported here, as a task of your own does."""
+
+from hftl.tasks import (  # noqa: F401  (each registers its task)
+    audio_classification,
+    causal_lm,
+    image_classification,
+    seq2seq,
+    text_classification,
+    token_classification,
+)
 from hftl.tasks.base import Task, get_task, register_task, task_names
 
 __all__ = ["Task", "get_task", "register_task", "task_names"]

@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoModelForAudioClassification
 
-from hftl import audio
 from hftl.errors import HftlError, did_you_mean
+from hftl.tasks import audio_io as audio
+from hftl.tasks.base import register_task
+from hftl.tasks.image_classification import (
+    check_input_size,
+    describe_image_preprocessing,
+    portable_image_processor,
+    preprocessing_of,
+)
 from hftl.tasks.labels import ClassificationTask
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
@@ -105,6 +112,7 @@ class AudioCollator:
         return dict(batch)
 
 
+@register_task
 class AudioClassification(ClassificationTask):
     name = "audio-classification"
     auto_model = AutoModelForAudioClassification
@@ -150,11 +158,9 @@ class AudioClassification(ClassificationTask):
     def portable_processor(self, processor, data, model):
         if not _spectrogram(data):
             return processor
-        from hftl.tasks.image_classification import _portable_processor
-
         # Spectrograms keep their own size (n_mels x frames) unless data.image_size says otherwise: no crop.
         size = data.image_size or (data.spectrogram.n_mels, _frames(data)[1])
-        return _portable_processor(processor, data.model_copy(update={"image_size": size}), model)
+        return portable_image_processor(processor, data.model_copy(update={"image_size": size}), model)
 
     def configure_model(self, model, model_section) -> None:
         """model.freeze_feature_encoder (default: true where the model has one): transformers' own method
@@ -240,9 +246,7 @@ class AudioClassification(ClassificationTask):
             _check_clips(items, split, sr, min_samples, name)
             out.append(ds)
         if _spectrogram(data) and model is not None:
-            from hftl.tasks.image_classification import _check_input_size, preprocessing_of
-
-            _check_input_size(model, preprocessing_of(processor).size)
+            check_input_size(model, preprocessing_of(processor).size)
         return out[0], out[1], self.collator(processor, data)
 
     def collator(self, processor, data):
@@ -262,12 +266,10 @@ class AudioClassification(ClassificationTask):
         crop = (f"random {data.max_duration_seconds:g} s crops at train time" if data.max_duration_seconds
                 else "whole clips")
         if _spectrogram(data):
-            from hftl.tasks.image_classification import _describe_preprocessing
-
             s = data.spectrogram
             return (f"soundfile decode, soxr resample to {s.sampling_rate} Hz; log-mel {s.n_mels} bands, "
                     f"{_frames(data)[1]} frames ({data.max_duration_seconds:g} s, hop {s.hop_length or '10 ms'}), "
-                    f"dB over {s.top_db:g} dB -> grey image; {crop}; then {_describe_preprocessing(processor, data)}")
+                    f"dB over {s.top_db:g} dB -> grey image; {crop}; then {describe_image_preprocessing(processor, data)}")
         return (f"soundfile decode, soxr resample to {processor.sampling_rate} Hz, {type(processor).__name__}; {crop}, "
                 "whole clips at evaluation")
 

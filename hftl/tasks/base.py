@@ -2,25 +2,48 @@
 
 A task owns its Auto class, its data (folder layout, label encoding, preprocessing for training and for
 unlabelled inputs at prediction time), its collator, its metrics, what "augmentation on" means, how a run
-of it is described and loaded in the model card, and the PEFT task type. The pipeline, the trainer, the
+of it is described and loaded in the model card, and the PEFT task type. The training flow, the trainer, the
 outputs and the adapters call these methods and never name a task.
 
-The simplest task is the template: `hftl/tasks/text_classification.py`. A new family subclasses `Task`
-(or `labels.ClassificationTask` when each example has one class) and registers itself:
+Required: the class attributes `name` (the recipe's `task:` value, also the Hub pipeline tag) and `auto_model`
+(a transformers Auto class), and four methods -- `load_processor`, `prepare`, `prepare_inputs` and
+`input_column`. Everything else is an optional hook with a default (no labels, eval loss as the only metric,
+the plain Trainer, ...): override what your task does differently. `labels.ClassificationTask` brings labels,
+a head sized from them and accuracy / macro-F1 for tasks with one class per example.
 
-    from hftl.tasks import Task, register_task
+The template is `hftl/tasks/text_classification.py`; the smallest task that trains:
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from hftl.tasks import register_task
+    from hftl.tasks.labels import ClassificationTask
 
     @register_task
-    class MyTask(Task):
-        name = "my-task"            # the recipe's `task:` value, also the Hub pipeline tag
-        auto_model = AutoModelFor...
-        def load_processor(self, model_section, path, data): ...
-        def encode_labels(self, train, validation, column): ...
-        def prepare(self, splits, processor, data, model=None): ...
-        def prepare_inputs(self, dataset, processor, data): ...
-        def compute_metrics(self, eval_pred): ...
+    class MyTask(ClassificationTask):
+        name = "my-task"
+        auto_model = AutoModelForSequenceClassification
 
-Methods get recipe sections (`data`, `model`) and datasets, never the whole recipe.
+        def load_processor(self, model_section, path, data):
+            return AutoTokenizer.from_pretrained(path)
+
+        def prepare(self, splits, processor, data, model=None):
+            tokenize = lambda batch: processor(batch["text"], truncation=True, max_length=data.max_seq_length)
+            train, validation = (ds.map(tokenize, batched=True, remove_columns=["text"])
+                                 for ds in (splits.train, splits.validation))
+            return train, validation, self.collator(processor, data)
+
+        def prepare_inputs(self, dataset, processor, data):
+            return dataset.map(lambda b: processor(b["text"], truncation=True), batched=True, remove_columns=["text"])
+
+        def input_column(self, data):
+            return "text"
+
+        def collator(self, processor, data):
+            return DataCollatorWithPadding(processor)
+
+Methods get recipe sections (`data`, `model`) and datasets, never the whole recipe. Registering a name that is
+taken (a built-in one too) raises; the built-in tasks register themselves the same way (hftl/tasks/__init__.py
+imports them).
 """
 
 from __future__ import annotations
@@ -28,7 +51,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from hftl.errors import HftlError
+from hftl.errors import HftlError, did_you_mean
+from hftl.hooks import find_head
 
 
 class Task(ABC):
@@ -43,14 +67,11 @@ class Task(ABC):
     pipeline_options: ClassVar[str] = ""  # extra pipeline() arguments for the card, e.g. ", truncation=True"
     processor_arg: ClassVar[tuple[str, str]] = ("processor", "AutoProcessor")  # pipeline() kwarg, its Auto class
     folder_layout: ClassVar[str] = "<label>/<file>"  # what data.train_dir holds, for error messages
-    label_column: ClassVar[str | None] = "label"  # data.label_column_name's default; None: no labels (generative)
+    label_column: ClassVar[str | None] = None  # data.label_column_name's default; None: no labels (generative)
     folder_files: ClassVar[str] = "data"  # what kind of files those are ("image", "audio")
     input_suffixes: ClassVar[tuple[str, ...]] = ()  # files `hftl predict` takes (empty: literal texts only)
     reads_plain_text: ClassVar[bool] = False  # data.train_file may be a .txt file (datasets' text loader)
     pipeline_tag: ClassVar[str | None] = None  # the Hub's pipeline tag, when it is not `name` (causal-lm: text-generation)
-    # The head is the checkpoint's own (a language-model head), not a new one: it is not added to PEFT's
-    # modules_to_save and the classification reports (per-class table, confusion matrix) do not apply.
-    pretrained_head: ClassVar[bool] = False
     # The model's loss is a sum over tokens that the Trainer may normalise by the batch's token count
     # (num_items_in_batch); classification losses are per-example means and must not be.
     token_loss: ClassVar[bool] = False
@@ -65,9 +86,10 @@ class Task(ABC):
         raise HftlError(f"Recipe key 'data.train_dir': task {self.name} does not read folders; give data.train_file "
                         "or data.dataset_name.")
 
-    @abstractmethod
-    def encode_labels(self, train, validation, column: str):
-        """(train, validation or None, label_names): labels as ids, the same names for both splits."""
+    def encode_labels(self, train, validation, column: str | None):
+        """(train, validation or None, label_names): labels as ids, the same names for both splits. Default: a task
+        without labels (language modelling) keeps its rows as they are."""
+        return train, validation, []
 
     def config_kwargs(self, label_names: list[str]) -> dict:
         """Keys for AutoConfig.from_pretrained (the head's size and names)."""
@@ -151,29 +173,28 @@ class Task(ABC):
 
     # ------------------------------------------------------------------------------------------ metrics / card
 
-    @abstractmethod
-    def compute_metrics(self, eval_pred) -> dict[str, float]:
-        """Trainer's compute_metrics: keys as in metric_names (the Trainer adds the eval_ prefix)."""
-
     def metrics_for(self, label_names: list[str], processor=None):
-        """The Trainer's compute_metrics for a run with these labels: `compute_metrics`, unless the metrics need
-        the label names (token classification scores entities by their tags) or the processor (seq2seq decodes
-        the generated ids) -- then bind them here, not on the task, whose one instance every run shares. None:
-        the Trainer's eval_loss is all (no logits gathered)."""
-        return self.compute_metrics
+        """The Trainer's compute_metrics for a run with these labels (keys as in metric_names; the Trainer adds
+        the eval_ prefix). Bind what the metrics need (token classification: the tag names; seq2seq: the
+        tokenizer that decodes the generated ids) here, not on the task, whose one instance every run shares.
+        Default None: the Trainer's eval_loss is all (no logits gathered)."""
+        return None
 
     preprocess_logits_for_metrics = None  # or a method (logits, labels) -> what compute_metrics gets
 
     def adapter_modules(self, model) -> list[str]:
         """Module paths PEFT trains and saves beside the adapter (modules_to_save): the new task head; a task
         whose head is the checkpoint's own returns only what it changed (embeddings grown for new tokens)."""
-        from hftl.hooks import find_head
-
         return find_head(model)
 
     def finish_metrics(self, metrics: dict) -> None:
         """Add metrics derived from the Trainer's own (in place, on every evaluation's logs): e.g. perplexity
         from eval_loss, which needs no logits gathered."""
+
+    def loss_tokens(self, labels) -> int | None:
+        """For a `token_loss` task: how many label positions the model's loss averages over in this batch (so
+        eval_loss is the mean over tokens, not over batches, whatever the eval batch size). None: per example."""
+        return None
 
     def trainer_classes(self):
         """(Trainer base class, TrainingArguments class): Seq2SeqTrainer for generation-based evaluation."""
@@ -185,9 +206,9 @@ class Task(ABC):
         """TrainingArguments values the task sets unless the recipe does (seq2seq: predict_with_generate)."""
         return {}
 
-    def report(self, model, processor, recipe) -> tuple[list[str], dict[str, str]]:
-        """What the task adds after training (e.g. sampled completions): (markdown lines for the card, {file name:
-        text} the pipeline writes into the output dir)."""
+    def report(self, model, processor, data, generation) -> tuple[list[str], dict[str, str]]:
+        """What the task adds after training (e.g. sampled completions, `generation`: the recipe's section or
+        None): (markdown lines for the card, {file name: text} the run writes into its output dir)."""
         return [], {}
 
     def describe_preprocessing(self, processor, data) -> str:
@@ -211,14 +232,6 @@ class Task(ABC):
             f'classifier = pipeline("{self.pipeline_tag or self.name}", model=model, {arg}={cls}.from_pretrained(model_id){self.pipeline_options})']
 
 
-_BUILTIN = {
-    "image-classification": "hftl.tasks.image_classification:ImageClassification",
-    "text-classification": "hftl.tasks.text_classification:TextClassification",
-    "audio-classification": "hftl.tasks.audio_classification:AudioClassification",
-    "token-classification": "hftl.tasks.token_classification:TokenClassification",
-    "causal-lm": "hftl.tasks.causal_lm:CausalLM",
-    "seq2seq": "hftl.tasks.seq2seq:Seq2Seq",
-}
 _REGISTRY: dict[str, Task] = {}
 
 
@@ -231,29 +244,18 @@ def register_task(task):
     name = getattr(instance, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"{type(instance).__name__} has no `name`")
-    if name in _REGISTRY or name in _BUILTIN:
-        raise ValueError(f"A task named {name!r} is already registered ({type(_lookup(name)).__name__}).")
+    if name in _REGISTRY:
+        raise ValueError(f"A task named {name!r} is already registered ({type(_REGISTRY[name]).__name__}).")
     _REGISTRY[name] = instance
     return task
 
 
-def _lookup(name: str) -> Task:
-    if name not in _REGISTRY:
-        import importlib
-
-        module, cls = _BUILTIN[name].split(":")
-        _REGISTRY[name] = getattr(importlib.import_module(module), cls)()
-    return _REGISTRY[name]
-
-
 def task_names() -> list[str]:
-    return list(dict.fromkeys([*_BUILTIN, *_REGISTRY]))
+    return list(_REGISTRY)
 
 
 def get_task(name: str) -> Task:
-    from hftl.errors import did_you_mean
-
-    names = task_names()
-    if name not in names:
+    if name not in _REGISTRY:
+        names = task_names()
         raise HftlError(f"Unknown task '{name}'; allowed: {', '.join(names)}.{did_you_mean(name, names)}")
-    return _lookup(name)
+    return _REGISTRY[name]

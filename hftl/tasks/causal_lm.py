@@ -14,11 +14,15 @@ the model shifts them (once) inside its loss.
 
 from __future__ import annotations
 
+import logging
+
 from transformers import AutoModelForCausalLM
 
 from hftl.errors import HftlError, did_you_mean
-from hftl.tasks.base import Task
+from hftl.tasks.base import Task, register_task
 from hftl.tasks.generative import IGNORE, GenerativeTask, PadCollator, add_perplexity, grow_vocabulary
+
+logger = logging.getLogger("hftl")
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -66,6 +70,7 @@ def _check_messages(conversations, split: str) -> None:
             raise HftlError(f"Column 'messages' at {split} row {i} has no assistant turn: nothing to learn from.")
 
 
+@register_task
 class CausalLM(GenerativeTask, Task):
     name = "causal-lm"
     pipeline_tag = "text-generation"
@@ -75,6 +80,13 @@ class CausalLM(GenerativeTask, Task):
     reads_plain_text = True
     metric_names = {"perplexity": "perplexity"}
     example_input = '"Once upon a time"'
+
+    def configure_model(self, model, model_section) -> None:
+        # transformers finds a model's loss by its class name, and GPT-2's (GPT2LMHeadModel) names none: the
+        # Trainer then counts the tokens of num_items_in_batch as if the labels were not shifted (one more per row)
+        # and every loss comes out n / (n + rows) too small. The loss itself is ForCausalLM's either way.
+        if getattr(model, "loss_type", "") is None:
+            model.loss_type = "ForCausalLM"
 
     def portable_processor(self, tokenizer, data, model):
         """The saved tokenizer pads on the left (batched generation continues every prompt from its last token);
@@ -142,9 +154,7 @@ class CausalLM(GenerativeTask, Task):
                             f"{data.max_seq_length} (every {'completion' if kind != 'text' else 'text'} is cut off or "
                             "empty); raise max_seq_length.")
         if dropped:
-            import logging
-
-            logging.getLogger("hftl").warning("%d %s examples dropped: their prompt fills data.max_seq_length=%d, so "
+            logger.warning("%d %s examples dropped: their prompt fills data.max_seq_length=%d, so "
                                               "no completion token is left to learn from.", dropped, split, data.max_seq_length)
         return Dataset.from_dict({"input_ids": [ids[i] for i in keep], "labels": [labels[i] for i in keep]})
 
@@ -173,14 +183,11 @@ class CausalLM(GenerativeTask, Task):
 
     # ------------------------------------------------------------------------------------------ metrics / card
 
-    def compute_metrics(self, eval_pred):  # not used: eval_loss is all the Trainer needs (no logits gathered)
-        return {}
-
-    def metrics_for(self, label_names, processor=None):
-        return None
-
     def finish_metrics(self, metrics: dict) -> None:
         add_perplexity(metrics)
+
+    def loss_tokens(self, labels) -> int:
+        return int((labels[..., 1:] != IGNORE).sum())  # the model shifts: the first position predicts nothing
 
     def describe_preprocessing(self, tokenizer, data) -> str:
         how = f"packed into blocks of {data.max_seq_length} tokens" if data.packing else \

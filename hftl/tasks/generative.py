@@ -3,6 +3,7 @@ collator that pads labels with -100, perplexity, and the completions sampled for
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -48,13 +49,8 @@ class GenerativeTask:
     and what predicting and reloading a text-writing run means."""
 
     generates = True
-    pretrained_head = True
     token_loss = True
-    label_column = None
     processor_arg = ("tokenizer", "AutoTokenizer")
-
-    def encode_labels(self, train, validation, column):
-        return train, validation, []
 
     def load_processor(self, model_section, path, data):
         return load_tokenizer(model_section, path)
@@ -70,16 +66,13 @@ class GenerativeTask:
 
         grow_vocabulary(model, AutoTokenizer.from_pretrained(output_dir))
 
-    def generate(self, model, tokenizer, recipe, prompts: list[str]) -> list[str]:
-        """`hftl predict`: the completion of each prompt, decoded as the recipe's generation block says (its
-        defaults where it has none)."""
-        from hftl.recipe import GenerationSection
+    def generate(self, model, tokenizer, data, generation, prompts: list[str]) -> list[str]:
+        """`hftl predict`: the completion of each prompt, decoded as `generation` (the recipe's section, its
+        defaults filled in) says."""
+        return sample(model, tokenizer, prompts, generation, lambda p: self.encode_prompt(tokenizer, data, p))
 
-        generation = recipe.generation or GenerationSection()
-        return sample(model, tokenizer, prompts, generation, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
-
-    def report(self, model, tokenizer, recipe):
-        return samples_report(model, tokenizer, recipe, lambda p: self.encode_prompt(tokenizer, recipe.data, p))
+    def report(self, model, tokenizer, data, generation):
+        return samples_report(model, tokenizer, generation, lambda p: self.encode_prompt(tokenizer, data, p))
 
 
 def new_embeddings(model) -> list[str]:
@@ -159,12 +152,9 @@ def sample(model, tokenizer, prompts: list[str], generation, encode) -> list[str
     return out
 
 
-def samples_report(model, tokenizer, recipe, encode) -> tuple[list[str], dict[str, str]]:
+def samples_report(model, tokenizer, generation, encode) -> tuple[list[str], dict[str, str]]:
     """The card's table and samples.jsonl: each prompt's completion by the trained model and, for an adapter run,
     by the base model (the adapter switched off)."""
-    import json
-
-    generation = recipe.generation
     if generation is None or not generation.prompts:
         return [], {}
     trained = sample(model, tokenizer, generation.prompts, generation, encode)

@@ -15,6 +15,7 @@ from torchvision.transforms import v2 as T
 from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
 
 from hftl.errors import HftlError, did_you_mean
+from hftl.tasks.base import register_task
 from hftl.tasks.labels import ClassificationTask
 
 # PIL resample codes -> torchvision interpolation
@@ -43,7 +44,7 @@ def _get(obj, key):
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def _portable_processor(processor, data, model):
+def portable_image_processor(processor, data, model):
     """The image processor the run evaluates with and saves: the checkpoint's own, or with `data.image_size`
     one that resizes straight to that size (no crop) with the checkpoint's mean, std and interpolation -- so
     `AutoImageProcessor.from_pretrained(run)` preprocesses as the run did. timm models keep it in
@@ -203,7 +204,7 @@ def _prepare(splits, processor, data, model=None):
             f"{', '.join(splits.train.column_names)}.{did_you_mean(column, splits.train.column_names)}")
     pre = preprocessing_of(processor)
     if data.image_size and model is not None:
-        _check_input_size(model, pre.size)
+        check_input_size(model, pre.size)
     # Without augmentation, train on exactly what evaluation (and the saved processor) computes.
     train_tf = train_transforms(pre, data.augment) if _augmenting(data) else None
 
@@ -227,7 +228,7 @@ def _prepare(splits, processor, data, model=None):
     return out[0], out[1], default_data_collator
 
 
-def _check_input_size(model, size: tuple[int, int]):
+def check_input_size(model, size: tuple[int, int]):
     """One forward pass on a blank image: models with a fixed input size (ViT) fail here, not mid-epoch."""
     param = next(model.parameters())
     was_training = model.training
@@ -243,7 +244,7 @@ def _check_input_size(model, size: tuple[int, int]):
         model.train(was_training)
 
 
-def _describe_preprocessing(processor, data) -> str:
+def describe_image_preprocessing(processor, data) -> str:
     p = preprocessing_of(processor)
     aug = data.augment
     crop = f" -> center crop {p.size}" if p.resize != p.size else ""
@@ -275,6 +276,7 @@ def _prepare_inputs(dataset, processor, data):
     return dataset
 
 
+@register_task
 class ImageClassification(ClassificationTask):
     name = "image-classification"
     auto_model = AutoModelForImageClassification
@@ -298,8 +300,8 @@ class ImageClassification(ClassificationTask):
             model_section.image_processor_name or path, revision=model_section.model_revision,
             trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
 
-    portable_processor = staticmethod(_portable_processor)
+    portable_processor = staticmethod(portable_image_processor)
     augmenting = staticmethod(_augmenting)
     prepare = staticmethod(_prepare)
     prepare_inputs = staticmethod(_prepare_inputs)
-    describe_preprocessing = staticmethod(_describe_preprocessing)
+    describe_preprocessing = staticmethod(describe_image_preprocessing)

@@ -7,6 +7,7 @@ validation split must use the same ones. The config gets num_labels / id2label /
 from __future__ import annotations
 
 from hftl.errors import HftlError
+from hftl.metrics import classification_metrics
 from hftl.tasks.base import Task
 
 
@@ -68,6 +69,7 @@ class ClassificationTask(Task):
     """One class per example: ClassLabel ids, a head sized from the labels, accuracy and macro-F1."""
 
     metric_names = {"accuracy": "Accuracy", "f1_macro": "Macro F1"}
+    label_column = "label"
 
     def encode_labels(self, train, validation, column: str, first: list[str] | None = None):
         """`first`: label names that take the first ids whether the data has them or not (continual.new_classes:
@@ -86,7 +88,5 @@ class ClassificationTask(Task):
     def config_kwargs(self, label_names: list[str]) -> dict:
         return label_config(label_names)
 
-    def compute_metrics(self, eval_pred) -> dict[str, float]:
-        from hftl.metrics import classification_metrics
-
-        return classification_metrics(eval_pred)
+    def metrics_for(self, label_names: list[str], processor=None):
+        return classification_metrics

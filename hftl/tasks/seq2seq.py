@@ -14,7 +14,7 @@ import numpy as np
 from transformers import AutoModelForSeq2SeqLM
 
 from hftl.errors import HftlError, did_you_mean
-from hftl.tasks.base import Task
+from hftl.tasks.base import Task, register_task
 from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_vocabulary
 
 _SOURCES = ("text", "document", "article", "source")
@@ -46,6 +46,7 @@ def _texts(ds, column: str, split: str, key: str):
     return values
 
 
+@register_task
 class Seq2Seq(GenerativeTask, Task):
     name = "seq2seq"
     pipeline_tag = "text2text-generation"
@@ -106,9 +107,6 @@ class Seq2Seq(GenerativeTask, Task):
 
     # ------------------------------------------------------------------------------------------ metrics / card
 
-    def compute_metrics(self, eval_pred):
-        raise TypeError("seq2seq metrics decode the generated ids: use task.metrics_for(label_names, tokenizer)")
-
     def metrics_for(self, label_names, processor=None):
         tokenizer = processor
 
@@ -124,6 +122,9 @@ class Seq2Seq(GenerativeTask, Task):
 
     def finish_metrics(self, metrics: dict) -> None:
         add_perplexity(metrics)
+
+    def loss_tokens(self, labels) -> int:
+        return int((labels != IGNORE).sum())
 
     def encode_prompt(self, tokenizer, data, prompt: str) -> list[int]:
         return tokenizer(data.source_prefix + prompt, max_length=data.max_source_length, truncation=True)["input_ids"]

@@ -6,16 +6,19 @@ and metrics) with the processor, preprocessing for training and for unlabelled i
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hftl.data import map_fingerprint
 from hftl.errors import HftlError, did_you_mean
+from hftl.tasks.base import register_task
 from hftl.tasks.labels import ClassificationTask
 
 _DEFAULT_COLUMNS = ("sentence", "text")
 
 
-def _max_length(tokenizer, data) -> int:
+def max_length(tokenizer, data) -> int:
     limit = getattr(tokenizer, "model_max_length", None) or data.max_seq_length
     return min(data.max_seq_length, limit)
 
@@ -47,6 +50,7 @@ def _check_texts(ds, columns, split):
                 f"({values[bad]!r}); drop or fill such rows.")
 
 
+@register_task
 class TextClassification(ClassificationTask):
     name = "text-classification"
     auto_model = AutoModelForSequenceClassification
@@ -67,12 +71,12 @@ class TextClassification(ClassificationTask):
     def portable_processor(self, tokenizer, data, model):
         """The tokenizer the run saves: model_max_length is the run's max_seq_length, so `pipeline(...,
         truncation=True)` cuts texts where the run did."""
-        tokenizer.model_max_length = _max_length(tokenizer, data)
+        tokenizer.model_max_length = max_length(tokenizer, data)
         return tokenizer
 
     def _tokenize(self, ds, tokenizer, data, columns, split: str, keep=("labels",)):
         _check_texts(ds, columns, split)
-        max_len = _max_length(tokenizer, data)
+        max_len = max_length(tokenizer, data)
 
         def tokenize(batch):
             return tokenizer(*[batch[c] for c in columns], truncation=True, max_length=max_len)
@@ -102,3 +106,23 @@ class TextClassification(ClassificationTask):
 
     def describe_preprocessing(self, tokenizer, data) -> str:
         return f"{type(tokenizer).__name__}, max_seq_length={data.max_seq_length}, dynamic padding"
+
+
+def map_fingerprint(ds, tokenizer, *settings) -> str | None:
+    """The fingerprint of `ds.map(<tokenize with these settings>)`, from the fast tokenizer's serialized state.
+
+    Without it `datasets` fingerprints the map function by pickling its closure, tokenizer included: ~0.5 s
+    a split, most of a cached feature-extraction run's setup. None (datasets' own way) for slow tokenizers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(ds, "_fingerprint", None) is None:
+        return None
+    described = json.dumps([type(tokenizer).__name__, tokenizer.init_kwargs, tokenizer.padding_side,
+                            tokenizer.truncation_side, [str(t) for t in tokenizer.all_special_tokens], settings],
+                           sort_keys=True, default=str)
+    state = json.loads(backend.to_str())
+    for k in ("truncation", "padding"):  # what the last call left; every call sets its own
+        state.pop(k, None)
+    h = hashlib.sha256(b"hftl-tokenize-1")
+    for part in (ds._fingerprint, json.dumps(state), described):
+        h.update(part.encode())
+    return h.hexdigest()[:32]

@@ -23,8 +23,9 @@ import numpy as np
 from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
 from hftl.errors import HftlError, did_you_mean
+from hftl.tasks.base import register_task
 from hftl.tasks.labels import ClassificationTask, label_config
-from hftl.tasks.text_classification import _max_length
+from hftl.tasks.text_classification import max_length
 
 IGNORE = -100  # the label of positions the loss and the metrics skip
 WORD_IDS = "word_ids"  # prepare_inputs' column: each token's word (-1 for special tokens)
@@ -182,6 +183,7 @@ def _check_words(ds, column: str, split: str) -> list[list[str]]:
     return words
 
 
+@register_task
 class TokenClassification(ClassificationTask):
     name = "token-classification"
     auto_model = AutoModelForTokenClassification
@@ -231,7 +233,7 @@ class TokenClassification(ClassificationTask):
 
     def portable_processor(self, tokenizer, data, model):
         """model_max_length = the run's max_seq_length: the token-classification pipeline truncates there too."""
-        tokenizer.model_max_length = _max_length(tokenizer, data)
+        tokenizer.model_max_length = max_length(tokenizer, data)
         return tokenizer
 
     # ------------------------------------------------------------------------------------------ preprocessing
@@ -249,7 +251,7 @@ class TokenClassification(ClassificationTask):
                         f"Recipe keys 'data.text_column_name' and 'data.label_column_name': {split} row {i} has "
                         f"{len(w)} words in '{column}' but {len(tags)} tags in '{self._label_name(data)}' (words: "
                         f"{shown!r}); every word needs exactly one tag.")
-        max_len = _max_length(tokenizer, data)
+        max_len = max_length(tokenizer, data)
 
         def tokenize(batch):
             enc = tokenizer(batch[column], is_split_into_words=True, truncation=True, max_length=max_len)
@@ -313,12 +315,7 @@ class TokenClassification(ClassificationTask):
     # ------------------------------------------------------------------------------------------ metrics / card
 
     def metrics_for(self, label_names: list[str], processor=None):
-        return partial(self.compute_metrics, label_names=list(label_names))
-
-    def compute_metrics(self, eval_pred, label_names: list[str] | None = None) -> dict[str, float]:
-        if label_names is None:
-            raise TypeError("token classification scores entities by tag name: use task.metrics_for(label_names)")
-        return seqeval_metrics(eval_pred, label_names)
+        return partial(seqeval_metrics, label_names=list(label_names))
 
     def preprocess_logits_for_metrics(self, logits, labels):
         """Tag ids instead of logits: the Trainer accumulates (examples, tokens) ids, not (examples, tokens, tags)

@@ -1,0 +1,111 @@
+"""Rules across sections, checked once every section is valid: keys only some tasks read, PEFT against its config
+classes, sharding, the optional blocks' combinations, preset auto, and TrainingArguments' own verdict."""
+
+from __future__ import annotations
+
+import os
+
+from hftl.recipe.peft import check_peft_section
+from hftl.recipe.schema import Recipe
+from hftl.recipe.training import check_training_values, sharded, uses_fsdp, zero_stage
+from hftl.tasks import get_task
+
+AUTO_TASKS = ("text-classification", "image-classification", "audio-classification")  # what preset auto serves
+
+
+def cross_checks(recipe: Recipe) -> list[str]:
+    """Checks that need several sections or other libraries (PEFT config classes, TrainingArguments)."""
+    problems = _task_keys(recipe)
+    if recipe.peft is not None:
+        problems += check_peft_section(recipe.peft, get_task(recipe.task))
+        if recipe.hub.push and recipe.hub.upload in ("merged", "both") and not recipe.peft.merge:
+            problems.append(f"Recipe key 'hub.upload' is '{recipe.hub.upload}' but peft.merge is false: the merged "
+                            "model is only written with peft.merge: true.")
+    problems += _check_sharding(recipe)
+    problems += _check_blocks(recipe)
+    problems += _check_auto(recipe)
+    if not problems:
+        problems += check_training_values(recipe.training)
+    return problems
+
+
+def _task_keys(recipe: Recipe) -> list[str]:
+    """A key that only some task families read (its schema field says which) is refused for the others,
+    instead of being silently ignored."""
+    problems = []
+    for key, field in Recipe.model_fields.items():
+        tasks = (field.json_schema_extra or {}).get("tasks")
+        if tasks and recipe.task not in tasks and getattr(recipe, key) not in (None, []):
+            problems.append(f"Recipe key '{key}' is read by task {' and '.join(tasks)} only; this recipe's task is "
+                            f"{recipe.task}: remove the key or change the task.")
+    for section_name in ("model", "data", "regularization"):
+        section = getattr(recipe, section_name)
+        for key in sorted(section.model_fields_set):
+            field = type(section).model_fields[key]
+            tasks = (field.json_schema_extra or {}).get("tasks")
+            default = field.get_default(call_default_factory=True)
+            if tasks and recipe.task not in tasks and getattr(section, key) != default:  # saved recipes list defaults
+                problems.append(f"Recipe key '{section_name}.{key}' is read by task {' and '.join(tasks)} only; this "
+                                f"recipe's task is {recipe.task}: remove the key or change the task.")
+    return problems
+
+
+def _check_auto(recipe: Recipe) -> list[str]:
+    if recipe.strategy.preset != "auto":
+        return []
+    if recipe.task not in AUTO_TASKS:
+        return [f"Recipe key 'strategy.preset' is auto, which chooses among classification strategies from a linear "
+                f"probe of the frozen features; task {recipe.task} is not one ({', '.join(AUTO_TASKS)}): give the strategy "
+                "explicitly (preset: feature_extraction | partial | full, or freeze / peft)."]
+    if recipe.peft is not None:
+        return ["Recipe key 'strategy.preset' is auto but a peft: section is given: the adapter already decides what "
+                "trains. Remove peft: to let auto choose, or drop preset: auto."]
+    return []
+
+
+def _check_blocks(recipe: Recipe) -> list[str]:
+    """The optional training blocks against each other and the rest of the recipe."""
+    problems = []
+    if recipe.continual is not None and recipe.continual.ewc is not None and recipe.peft is not None:
+        problems.append("Recipe key 'continual.ewc' keeps the previous run's weights close to where they were; with "
+                        "peft those weights are frozen and only a new adapter trains. Use continual.replay, or drop "
+                        "peft.")
+    if recipe.distill is not None and recipe.distill.unlabeled and recipe.regularization.mixing:
+        problems.append("Recipe key 'distill.unlabeled' adds rows without labels, which mixup / cutmix cannot mix "
+                        "(they mix one-hot labels): drop regularization.mixup / cutmix or distill.unlabeled.")
+    if recipe.distill is not None and recipe.distill.unlabeled and recipe.distill.alpha == 0:
+        problems.append("Recipe key 'distill.unlabeled' teaches through the distillation term alone, which "
+                        "distill.alpha: 0 switches off: raise alpha, or drop unlabeled.")
+    if recipe.distill is not None and recipe.distill.cache_teacher is True:
+        if get_task(recipe.task).augmenting(recipe.data) or recipe.regularization.mixing:
+            problems.append("Recipe key 'distill.cache_teacher' is true but the training inputs change every epoch "
+                            "(data.augment or mixup / cutmix): cached teacher logits would be for other inputs. Set it "
+                            "to auto or false, or turn the augmentation off.")
+    smoothing = recipe.training.get("label_smoothing_factor")
+    if recipe.regularization.label_smoothing and smoothing not in (None, 0, 0.0):
+        problems.append(f"Recipe keys 'regularization.label_smoothing' ({recipe.regularization.label_smoothing}) and "
+                        f"'training.label_smoothing_factor' ({smoothing}) say the same thing: give one of them.")
+    if recipe.ema is not None and sharded(recipe.training):
+        problems.append("Recipe key 'ema' needs every weight on every rank; FSDP and ZeRO-3 shard them: use DDP "
+                        "(or ZeRO-1/2), or remove ema.")
+    return problems
+
+
+def _check_sharding(recipe: Recipe) -> list[str]:
+    """Combinations that cannot train correctly under parameter sharding are refused up front."""
+    s = recipe.strategy
+    problems = []
+    if zero_stage(recipe.training) == 3 and s.gradual_unfreezing is not None:
+        problems.append(
+            "strategy.gradual_unfreezing cannot run under DeepSpeed ZeRO-3: parameters are sharded and their "
+            "requires_grad is fixed when the engine is built, so layers unfrozen later would silently not train. "
+            "Use ZeRO-2, DDP or FSDP (accelerate_configs/), or drop gradual_unfreezing.")
+    fsdp = uses_fsdp(recipe.training)
+    orig = (recipe.training.get("fsdp_config") or {}).get("use_orig_params",
+                                                          os.environ.get("FSDP_USE_ORIG_PARAMS", "true"))
+    freezes = s.freeze not in (None, "none") or s.preset in ("partial", "feature_extraction") or s.gradual_unfreezing
+    if fsdp and str(orig).lower() == "false" and (freezes or recipe.peft is not None):
+        problems.append(
+            "FSDP with use_orig_params: false cannot mix frozen and trainable parameters in one unit; set "
+            "use_orig_params: true (accelerate_configs/fsdp.yaml does).")
+    return problems

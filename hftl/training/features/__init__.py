@@ -1,0 +1,19 @@
+"""The optional training blocks, one module each, behind one protocol (base.py). A run's features are the ones its
+recipe uses, in this order (replay rows before the transfer set; the weight average copied in before forgetting is
+measured)."""
+
+from hftl.training.features.base import Feature, overrides
+from hftl.training.features.continual import Continual
+from hftl.training.features.distillation import Distill
+from hftl.training.features.ema import Ema
+from hftl.training.features.mixing import Regularization
+from hftl.training.features.tta import Tta
+
+FEATURES = (Continual, Distill, Regularization, Ema, Tta)
+
+__all__ = ["FEATURES", "Feature", "for_recipe", "overrides"]
+
+
+def for_recipe(recipe, task) -> list[Feature]:
+    """The features this recipe turns on."""
+    return [f for f in (cls.from_recipe(recipe, task) for cls in FEATURES) if f is not None]
