@@ -84,6 +84,12 @@ def zero_stage(training: dict) -> int | None:
     return None
 
 
+def trains(training: dict) -> bool:
+    """Whether the run takes optimizer steps: `num_train_epochs: 0` (without max_steps) scores the model as it is,
+    a complete run dir for the zero-shot or base-model baseline."""
+    return not (training.get("num_train_epochs") == 0 and (training.get("max_steps") or -1) <= 0)
+
+
 def uses_fsdp(training: dict) -> bool:
     """FSDP from training.fsdp or from `accelerate launch` with an FSDP config."""
     return bool(training.get("fsdp")) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
@@ -206,7 +212,7 @@ def _type_problem(key: str, value) -> str | None:
     return f"Recipe key 'training.{key}' must be {names} (got {value!r})."
 
 
-_POSITIVE = {"learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
+_POSITIVE = {"learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
              "gradient_accumulation_steps", "logging_steps", "eval_steps", "save_steps"}
-_NON_NEGATIVE = {"weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "save_total_limit",
+_NON_NEGATIVE = {"num_train_epochs", "weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "save_total_limit",
                  "dataloader_num_workers", "label_smoothing_factor"}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hftl import zoo
 from hftl.model import is_local_path
+from hftl.recipe.training import trains
 from hftl.tasks.labels import label_config
 
 
@@ -117,12 +118,11 @@ def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str,
 
     base = recipe.model.model_name_or_path
     data = card_data(recipe, task, metrics, adapter is not None, base_model)
-    lines = [
-        f"# {recipe.output_dir.name}",
-        "",
-        f"Fine-tuned from `{base_model or _shown(base)}` for **{recipe.task}** with hftl "
-        f"({'PEFT ' + adapter['method'] if adapter else 'strategy: ' + (recipe.strategy.preset or 'custom')}).",
-    ]
+    how = f"({'PEFT ' + adapter['method'] if adapter else 'strategy: ' + (recipe.strategy.preset or 'custom')})"
+    intro = (f"Fine-tuned from `{base_model or _shown(base)}` for **{recipe.task}** with hftl {how}." if trains(recipe.training)
+             else f"`{base_model or _shown(base)}` scored as it is for **{recipe.task}** with hftl: "
+                  "`num_train_epochs: 0`, no training step (a baseline).")
+    lines = [f"# {recipe.output_dir.name}", "", intro]
     if not base_model:
         lines += ["", f"The base model is a local folder ({_shown(base)}) with no known Hub id: set hub.base_model "
                       "(or `hftl push --base-model`) so the Hub and PEFT's loaders can find it."]

@@ -1,5 +1,6 @@
 """Run a recipe once: check the output dir -> build (setup.py) -> Trainer -> train -> final metrics -> outputs
-(finish.py) -> Hub. The optional blocks plug in through their hooks; nothing here names one."""
+(finish.py) -> Hub. The optional blocks plug in through their hooks; nothing here names one. With
+`num_train_epochs: 0` the model is scored as it is: the same run dir, no optimizer step."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from hftl.errors import HftlError
 from hftl.recipe import Recipe
+from hftl.recipe.training import trains
 from hftl.runs.hub import push_output_dir
 from hftl.training.faults import Interrupted, StopOnSignal, checkpoint_problem, last_good_checkpoint
 from hftl.training.finish import eval_scores, write_outputs
@@ -85,7 +87,8 @@ def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) 
         if created and out.exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
-    trainer.train(resume_from_checkpoint=resume)
+    if trains(recipe.training):  # num_train_epochs: 0 scores the model as it is
+        trainer.train(resume_from_checkpoint=resume)
     if stop.signum is not None:
         raise Interrupted(
             f"Training stopped by signal {stop.signum} at step {trainer.state.global_step}; checkpoint saved in "
