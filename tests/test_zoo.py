@@ -575,6 +575,33 @@ def test_stamps_skip_duplicates_svgs_and_unreadable_files(monkeypatch, tmp_path)
         zoo.load_dataset("zoo:stamps", None)
 
 
+@needs_stamps
+def test_stamps_captions_are_the_first_lines_of_the_description_files():
+    ds = zoo.load_dataset("zoo:stamps-captions", None)
+    train, val = ds["train"], ds["validation"]
+    assert (len(train), len(val)) == (654, 130)  # the counts _stamps_captions documents
+    names = train.features["category"].names
+    assert len(names) == 68 and {"birds", "fruit", "mammals", "alphabets", "body parts"} <= set(names)
+    train_rows, val_rows = zoo.tuxpaint.stamp_captions_split()
+    by_path = {r["path"]: r for r in train_rows + val_rows}
+    text = (zoo.tuxpaint.TUXPAINT_STAMPS_DIR / "animals" / "birds" / "adelaide-rosella.txt").read_text()
+    assert by_path[str(zoo.tuxpaint.TUXPAINT_STAMPS_DIR / "animals" / "birds" / "adelaide-rosella.png")]["caption"] \
+        == text.splitlines()[0] == "An Adelaide Rosella."
+    assert not {r["path"] for r in train_rows} & {r["path"] for r in val_rows}  # a stamp in one split only
+    assert train[0]["image"].mode == "RGB" and isinstance(train[0]["caption"], str)
+
+
+def test_stamp_categories_come_from_their_folders():
+    from pathlib import Path
+
+    category = zoo.tuxpaint.stamp_category
+    assert category(Path("animals/birds/x.txt")) == "birds"
+    assert category(Path("food/fruit/cartoon/x.txt")) == "fruit"
+    assert category(Path("people/cartoon/x.txt")) == "people"
+    assert category(Path("people/body_parts/x.txt")) == "body parts"
+    assert category(Path("hobbies/x.txt")) == "hobbies"
+
+
 def test_stamps_missing_names_the_apt_package(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo.tuxpaint, "TUXPAINT_STAMPS_DIR", tmp_path / "nope")
     with pytest.raises(HftlError, match="'zoo:stamps'.*apt-get install tuxpaint-stamps-default"):
