@@ -78,6 +78,9 @@ def test_cached_image_runs_equal_plain_frozen_runs(image_recipe, tmp_path):
                               training={"num_train_epochs": 2})
     for n, t in _head(plain).items():
         assert torch.allclose(t, _head(cached)[n], atol=1e-5), n
+    # the finished run's Trainer is back on the real images (its model has its real forward again)
+    assert cached.metrics["cached_features"]
+    assert cached.trainer.evaluate()["eval_accuracy"] == pytest.approx(cached.metrics["eval_accuracy"])
 
 
 def test_cache_true_with_augmentation_or_trainable_backbone_is_refused(image_recipe, text_recipe):

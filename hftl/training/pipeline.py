@@ -100,6 +100,8 @@ def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) 
     scored = eval_scores(s, trainer) if trainer.is_world_process_zero() else None
     if s.cache is not None:  # the real backbone forward again: the returned/saved model is a normal one
         s.cache.restore()
+        # and the Trainer's data the real inputs again, so result.trainer.evaluate() / predict() still work
+        trainer.train_dataset, trainer.eval_dataset, trainer.data_collator = s.train_dataset, s.eval_dataset, s.collator
         metrics["cached_features"] = True
     for f in s.features:
         metrics.update(f.final_metrics(trainer))
