@@ -65,11 +65,13 @@ def load_model(output_dir: str | Path):
     return load(output_dir)
 
 
-def predict(run_dirs, inputs: list[str], top_k: int | None = None, batch_size: int = 32) -> list[dict]:
-    """One dict per input (see hftl/runs/predict.py); several run dirs predict as an ensemble."""
+def predict(run_dirs, inputs: list[str], top_k: int | None = None, batch_size: int = 32,
+            labels: list[str] | None = None) -> list[dict]:
+    """One dict per input (see hftl/runs/predict.py); several run dirs predict as an ensemble; `labels`: other class
+    names for zero-shot runs."""
     from hftl.runs.predict import predict as run
 
-    return run(run_dirs, inputs, top_k=top_k, batch_size=batch_size)
+    return run(run_dirs, inputs, top_k=top_k, batch_size=batch_size, labels=labels)
 
 
 def evaluate(run_dirs, data: str | Path | None = None, output: str | Path | None = None, batch_size: int = 32) -> dict:

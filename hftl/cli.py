@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default=None, help="write JSON lines here (default: stdout)")
     r.add_argument("--top-k", type=int, default=None, help="scores of the k most likely labels (default: all up to 10)")
     r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--labels", default=None, help="zero-shot runs: other class names, comma-separated")
     v = sub.add_parser("eval", help="metrics, per-class table, confusion matrix and worst examples of a run")
     v.add_argument("run_dirs", nargs="+", help="one run dir, or several (each member and their ensemble)")
     v.add_argument("--data", default=None, help="labelled data file or folder (default: the run's validation split)")
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--onnx", action="store_true", help="ONNX model, checked against PyTorch on the run's data")
     kind.add_argument("--int8", action="store_true", help="ONNX with dynamic INT8 linear layers: size, latency, accuracy")
     kind.add_argument("--prune", type=float, metavar="FRACTION", help="global magnitude pruning of linear/conv weights")
+    kind.add_argument("--wise-ft", type=float, metavar="ALPHA",
+                      help="zero-shot runs: (1 - ALPHA) x the base + ALPHA x the fine-tuned weights (WiSE-FT)")
     e.add_argument("--to", default=None, help="target folder (default <output_dir>/merged or exported-<kind>)")
     c = sub.add_parser("cache", help="the on-disk feature cache ($HFTL_CACHE/features): list or empty it")
     c.add_argument("action", choices=("info", "clear"))
@@ -118,7 +121,8 @@ def _run(args) -> int:
             print(result["report"]["table"])
         return 0
     if args.command == "export":
-        print(hftl.export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune, to=args.to))
+        print(hftl.export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune,
+                          wise_ft=args.wise_ft, to=args.to))
         return 0
     if args.command == "cache":
         from hftl.training import feature_store
@@ -167,7 +171,8 @@ def _predict(args) -> int:
     import hftl
 
     runs, inputs = _split_runs(args.paths)
-    rows = hftl.predict(runs, inputs, top_k=args.top_k, batch_size=args.batch_size)
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    rows = hftl.predict(runs, inputs, top_k=args.top_k, batch_size=args.batch_size, labels=labels)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if args.output:
         from pathlib import Path

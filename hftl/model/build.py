@@ -8,11 +8,17 @@ from pathlib import Path
 from hftl import zoo
 from hftl.errors import HftlError
 from hftl.model.pooling import apply_pooling
+from hftl.zoo import assembled
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_path(model_section) -> str:
+    """The checkpoint folder (or Hub id) to load: a zoo alias resolved; a vision + text pair assembled once."""
+    if model_section.model_name_or_path is None:
+        return assembled.dual_encoder(zoo.resolve_model(model_section.vision_model_name_or_path),
+                                      zoo.resolve_model(model_section.text_model_name_or_path),
+                                      model_section.projection_dim)
     return zoo.resolve_model(model_section.model_name_or_path)
 
 

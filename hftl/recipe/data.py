@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from hftl import zoo
 from hftl.recipe.base import YAML11_BOOLS, PositiveFloat, PositiveInt, Section, zoo_alias
 
+ZERO_SHOT = "zero-shot-image-classification"
+
 _POLICY = re.compile(r"^(?:(?:rand|augmix)(?:-[a-z]+[\d.]*)*|(?:original|originalr|v0|v0r|3a)(?:-mstd[\d.]+)?|trivial)$")
 
 
@@ -68,7 +70,7 @@ class DataSection(Section):
     max_train_samples: PositiveInt | None = Field(None, description="Truncate the training set (after a seeded shuffle).")
     max_eval_samples: PositiveInt | None = Field(None, description="Truncate the evaluation set.")
     image_column_name: str = Field("image", description="Column holding the images.",
-                                   json_schema_extra={"tasks": ["image-classification"]})
+                                   json_schema_extra={"tasks": ["image-classification", ZERO_SHOT]})
     text_column_names: list[str] | None = Field(
         None, description="Text column(s); two columns make a sentence pair. Default: `sentence`/`text`.",
         json_schema_extra={"tasks": ["text-classification"]})
@@ -111,6 +113,36 @@ class DataSection(Section):
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="Resize images straight to this size (`96` or `[height, width]`, no crop) instead of the "
                           "checkpoint's; mean, std and interpolation stay the checkpoint's. For small images or CPU runs.")
+
+    prompt_template: str = Field(
+        "a photo of a {}.", description="Zero-shot: the text for a class, '{}' standing for its name (the label).",
+        json_schema_extra={"tasks": [ZERO_SHOT]})
+    prompt_templates: list[str] | None = Field(
+        None, description="Zero-shot: several templates; a class's text embedding is the mean of its prompts' (CLIP's "
+        "prompt ensembling). Instead of prompt_template.", json_schema_extra={"tasks": [ZERO_SHOT]})
+    caption_column: str | None = Field(
+        None, description="Zero-shot: train on each image's own text in this column (image-text pairs, as run_clip's "
+        "caption_column) instead of its class prompt; evaluation scores the class prompts.",
+        json_schema_extra={"tasks": [ZERO_SHOT]})
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_slot(cls, v):
+        if v.count("{}") != 1:
+            raise ValueError("a prompt template holds '{}' once, where the class name goes (e.g. 'a photo of a {}.')")
+        return v
+
+    @field_validator("prompt_templates")
+    @classmethod
+    def _slots(cls, v):
+        bad = [t for t in v or [] if t.count("{}") != 1]
+        if bad or v == []:
+            raise ValueError(f"each template holds '{{}}' once, where the class name goes (not: {bad or 'an empty list'})")
+        return v
+
+    @property
+    def templates(self) -> list[str]:
+        return list(self.prompt_templates or [self.prompt_template])
 
     @field_validator("dataset_name")
     @classmethod

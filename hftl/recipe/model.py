@@ -10,9 +10,20 @@ from pydantic import Field, field_validator, model_validator
 from hftl import zoo
 from hftl.recipe.base import Section, zoo_alias
 
+ZERO_SHOT = "zero-shot-image-classification"
+
 
 class ModelSection(Section):
-    model_name_or_path: str = Field(description="Hub id, local folder, `timm/<name>` or `zoo:<alias>`.")
+    model_name_or_path: str | None = Field(None, description="Hub id, local folder, `timm/<name>` or `zoo:<alias>`.")
+    vision_model_name_or_path: str | None = Field(
+        None, description="Zero-shot: instead of model_name_or_path, a VisionTextDualEncoderModel is built from this "
+        "vision checkpoint and text_model_name_or_path, with new projections (run_clip.py's route).",
+        json_schema_extra={"tasks": [ZERO_SHOT]})
+    text_model_name_or_path: str | None = Field(
+        None, description="Zero-shot: the text checkpoint of the dual encoder built with vision_model_name_or_path.",
+        json_schema_extra={"tasks": [ZERO_SHOT]})
+    projection_dim: int = Field(512, gt=0, description="Zero-shot: the size of the new projections of a dual encoder "
+                                "built from a vision and a text checkpoint.", json_schema_extra={"tasks": [ZERO_SHOT]})
     model_revision: str = Field("main", description="Branch, tag or commit of the checkpoint.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint. Off unless you trust it.")
     ignore_mismatched_sizes: bool = Field(True, description="Replace a pretrained head whose size differs from the labels.")
@@ -32,10 +43,25 @@ class ModelSection(Section):
         "auto", description="Sentence pooling for BERT-style text models: auto (the checkpoint's own, from a "
         "sentence-transformers 1_Pooling/config.json), default (the model's pooler), mean or cls.")
 
-    @field_validator("model_name_or_path")
+    @field_validator("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path")
     @classmethod
     def _zoo_model(cls, v):
         return zoo_alias(v, zoo.MODELS, "model")
+
+    @model_validator(mode="after")
+    def _one_checkpoint(self):
+        pair = (self.vision_model_name_or_path, self.text_model_name_or_path)
+        if self.model_name_or_path is None and None in pair:
+            raise ValueError("give model.model_name_or_path (or, for a dual encoder of two checkpoints, both "
+                             "model.vision_model_name_or_path and model.text_model_name_or_path)")
+        if self.model_name_or_path is not None and pair != (None, None):
+            raise ValueError("give model.model_name_or_path or the vision/text pair, not both")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The checkpoint as the recipe names it (for cards, plots and messages)."""
+        return self.model_name_or_path or f"{self.vision_model_name_or_path} + {self.text_model_name_or_path}"
 
     @model_validator(mode="before")
     @classmethod

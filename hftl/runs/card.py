@@ -25,7 +25,7 @@ def usage_snippet(recipe, task, label_names: list[str], pooling: str, adapter: b
     name = task.pipeline_tag or task.name
     head = [f'model_id = "{recipe.output_dir}"  # this folder, or its Hub repo id']
     pooled = pooling != "default"
-    custom = task.usage(recipe.data, adapter)
+    custom = task.usage(recipe.data, adapter, label_names)
     if custom is not None:
         cut = custom.index("") + 1  # imports, then the code that needs model_id
         return "\n".join([*custom[:cut], *head, *custom[cut:]])
@@ -116,7 +116,7 @@ def model_card(recipe, task, metrics: dict, plan_table: str, preprocessing: str,
     """The README.md text: ModelCard metadata + hftl's sections."""
     from huggingface_hub import ModelCard
 
-    base = recipe.model.model_name_or_path
+    base = recipe.model.source
     data = card_data(recipe, task, metrics, adapter is not None, base_model)
     how = f"({'PEFT ' + adapter['method'] if adapter else 'strategy: ' + (recipe.strategy.preset or 'custom')})"
     intro = (f"Fine-tuned from `{base_model or _shown(base)}` for **{recipe.task}** with hftl {how}." if trains(recipe.training)

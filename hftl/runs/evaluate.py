@@ -117,7 +117,7 @@ def score_prepared(task, model, prepared, collate, shown: list[str], batch_size:
     probs, true = [], []
     for batch in batches(prepared, collate, batch_size, model_device(model)):
         with torch.no_grad():
-            logits = model(**batch.inputs).logits
+            logits = task.logits(model, batch.inputs)
         probs += task.probabilities(logits, batch.rows)
         true += true_labels(batch.rows)
     return Scored(probs, true, shown)

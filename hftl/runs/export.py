@@ -22,7 +22,7 @@ from hftl.files import fix_modes, umask, write_json, write_text
 from hftl.hooks import find_head
 from hftl.model import make_portable
 from hftl.runs.compare import compare, eval_set, state_bytes
-from hftl.runs.load import check_weights, load_model, load_processor, read_run
+from hftl.runs.load import check_weights, load_base, load_model, load_processor, read_run
 from hftl.runs.onnx import export_onnx_folder
 
 KINDS = ("merge", "onnx", "int8", "prune")
@@ -68,8 +68,8 @@ def export_merged(output_dir: str | Path, to: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------- entry point
 
 def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8: bool = False,
-           prune: float | None = None, to: str | Path | None = None) -> Path:
-    """Export the run in `run_dir` one way (exactly one of merge / onnx / int8 / prune) into `to` (default
+           prune: float | None = None, wise_ft: float | None = None, to: str | Path | None = None) -> Path:
+    """Export the run in `run_dir` one way (exactly one of merge / onnx / int8 / prune / wise_ft) into `to` (default
     `<run_dir>/merged` for merge, `<run_dir>/exported-<kind>` otherwise) and return that folder.
 
     merge: the PEFT adapter folded into the base (safetensors). onnx: model.onnx (dynamic batch and sequence),
@@ -77,21 +77,27 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
     dynamically quantized to INT8 by ONNX Runtime, with size, CPU latency (batch 1 and 32) and metrics against
     the float models. prune=f: the fraction f of the Linear/Conv weights with the smallest magnitude (global L1,
     the head excluded) set to zero for good, saved as a plain transformers folder, with sparsity and metrics.
+    wise_ft=a: the weight-space ensemble (1 - a) x the run's base + a x its fine-tuned weights (WiSE-FT, Wortsman et
+    al. 2022), a plain transformers folder, scored beside the fine-tuned model.
     """
-    chosen = [k for k, on in (("merge", merge), ("onnx", onnx), ("int8", int8), ("prune", prune is not None)) if on]
+    chosen = [k for k, on in (("merge", merge), ("onnx", onnx), ("int8", int8), ("prune", prune is not None),
+                              ("wise-ft", wise_ft is not None)) if on]
     if len(chosen) != 1:
-        raise HftlError(f"Export one way at a time: give exactly one of merge, onnx, int8 or prune (got "
+        raise HftlError(f"Export one way at a time: give exactly one of merge, onnx, int8, prune or wise-ft (got "
                         f"{', '.join(chosen) or 'none'}).")
     kind = chosen[0]
+    if kind == "wise-ft" and (isinstance(wise_ft, bool) or not isinstance(wise_ft, (int, float)) or not 0 <= wise_ft <= 1):
+        raise HftlError(f"The WiSE-FT alpha must be a number from 0 (the base model) to 1 (the fine-tuned one), not "
+                        f"{wise_ft!r}.")
     if kind == "prune" and (isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0 < prune < 1):
         raise HftlError(f"The prune fraction must be a number strictly between 0 and 1 (the share of Linear/Conv "
                         f"weights set to zero, e.g. 0.5), not {prune!r}.")
     run = _check_run(run_dir, kind)
-    if run.task.generates and kind != "merge":
-        raise HftlError(f"'{run.path}' is a {run.task.name} run: hftl exports it merged (--merge, for adapter runs) "
-                        f"but not as {kind.upper() if kind != 'prune' else 'a pruned model'}, whose checks compare "
-                        "class probabilities; a generating model needs a decoder loop with a KV cache in ONNX "
-                        "(Optimum's ORTModelForCausalLM / ORTModelForSeq2SeqLM export does that).")
+    if kind not in run.task.exports:
+        why = (" (ONNX and pruning check class probabilities; a generating model needs a decoder loop with a KV cache "
+               "in ONNX, which Optimum's ORTModelForCausalLM / ORTModelForSeq2SeqLM export does)") if run.task.generates else ""
+        raise HftlError(f"'{run.path}' is a {run.task.name} run: hftl exports it with --{' or --'.join(run.task.exports)}, "
+                        f"not --{kind}{why}.")
     target = Path(to) if to is not None else run.path / ("merged" if kind == "merge" else f"exported-{kind}")
     _check_target(target, run.path)
     model = _load(run)
@@ -105,6 +111,8 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
         model = model.float().cpu().eval()
         if kind == "prune":
             numbers = _export_pruned(run, model, float(prune), stage)
+        elif kind == "wise-ft":
+            numbers = _export_wise_ft(run, model, float(wise_ft), stage)
         else:
             numbers = export_onnx_folder(run, model, stage, int8=kind == "int8")
         numbers = {"kind": kind, "run": str(run.path), "model": type(model).__name__, **numbers}
@@ -227,10 +235,32 @@ def _export_pruned(run, model, fraction: float, stage: Path) -> dict:
                            "pruned": sum(p.stat().st_size for p in stage.glob("*.safetensors"))}}
 
 
+# ----------------------------------------------------------------------------------------------- WiSE-FT
+
+def interpolate(base: dict, tuned: dict, alpha: float) -> dict:
+    """(1 - alpha) x base + alpha x tuned for every floating-point tensor (others, e.g. position ids, as tuned)."""
+    return {k: ((1 - alpha) * base[k].to(v.dtype) + alpha * v) if v.is_floating_point() and k in base else v
+            for k, v in tuned.items()}
+
+
+def _export_wise_ft(run, model, alpha: float, stage: Path) -> dict:
+    base = load_base(run)
+    ensemble = copy.deepcopy(model)
+    ensemble.load_state_dict(interpolate(base.state_dict(), model.state_dict(), alpha))
+    eval_ds, collator, processor = eval_set(run, model)
+    logits = run.task.logits
+    scores = compare(run, eval_ds, collator, {"fine-tuned": lambda b: logits(model, b),
+                                              "wise-ft": lambda b: logits(ensemble, b)})
+    _save_pretrained(ensemble, processor, stage)
+    return {"alpha": alpha, "examples": scores.pop("_examples"),
+            "scores": {k: v for k, v in scores.items() if not k.startswith("_")},
+            "size_bytes": {"fine-tuned": state_bytes(model), "wise-ft": state_bytes(ensemble)}}
+
+
 # ----------------------------------------------------------------------------------------------- report
 
 LABELS = {"pytorch": "PyTorch (float32)", "onnx": "ONNX Runtime (float32)", "int8": "ONNX Runtime INT8",
-          "pruned": "PyTorch, pruned"}
+          "pruned": "PyTorch, pruned", "fine-tuned": "the run (fine-tuned)", "wise-ft": "WiSE-FT"}
 
 
 def _mb(n: int) -> str:
@@ -282,4 +312,10 @@ def markdown(numbers: dict, task) -> str:
                   f"{before.get(k, float('nan')):.4f} -> {after.get(k, float('nan')):.4f}. The zeros are stored "
                   "densely (safetensors): the folder is as large, and as fast, as the float model until sparse "
                   "kernels or compression use them."]
+    if kind == "wise-ft":
+        a = numbers["alpha"]
+        lines += [f"WiSE-FT (Wortsman et al. 2022): every weight is {1 - a:g} x the run's base model (rebuilt from its "
+                  f"recipe) + {a:g} x the fine-tuned one; a plain transformers folder of the same architecture. The "
+                  "table compares it with the fine-tuned run on the validation split (reported, not a way to choose "
+                  "alpha: that belongs to data the run did not evaluate on)."]
     return "\n".join(lines) + "\n"

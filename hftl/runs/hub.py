@@ -76,6 +76,8 @@ def base_model_id(recipe) -> str | None:
     """The Hub id whoever downloads the run can load its base model from: hub.base_model, the zoo alias's
     origin, or model_name_or_path itself when it is a Hub id. None when the base is known only by a local path."""
     name = recipe.model.model_name_or_path
+    if name is None:  # a dual encoder assembled here from two checkpoints: no one Hub id
+        return recipe.hub.base_model
     return recipe.hub.base_model or zoo.hub_id(name) or (None if is_local_path(name) else name)
 
 

@@ -84,6 +84,17 @@ def load_model(output_dir: str | Path):
     return model.eval()
 
 
+def load_base(run: Run):
+    """The model the run started from, rebuilt from its recipe: the checkpoint, with any new part (a head, a dual
+    encoder's projections) initialised as the run's was, from the recipe's seed."""
+    from transformers import set_seed
+
+    set_seed(run.recipe.seed)
+    base = build_model(run.task, run.recipe.model, run.label_names, run.recipe.data)
+    run.task.configure_model(base, run.recipe.model)
+    return base.eval()
+
+
 def load_processor(run: Run):
     """The processor saved in the run (tokenizer / image processor / feature extractor), loaded by its task."""
     section = run.recipe.model.model_copy(update={

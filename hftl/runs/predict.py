@@ -9,6 +9,7 @@ probabilities are averaged (they must share labels).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from hftl.data import batches
@@ -73,7 +74,8 @@ def check_members(runs: list[Run]) -> None:
 
 
 def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
-    """The run's per-input probabilities (Task.probabilities) on an input dataset (read_inputs' first part)."""
+    """The run's per-input probabilities (Task.probabilities) over its labels (`run.label_names`) on an input
+    dataset (read_inputs' first part)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -81,13 +83,13 @@ def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
     processor = load_processor(run)
     data = run.recipe.data
     ds = run.task.prepare_inputs(dataset, processor, data)
-    collate = run.task.collator(processor, data)
+    collate = run.task.prediction_collator(processor, data, run.label_names)
     out = []
     steps = -(-len(ds) // batch_size)
     for batch in tqdm(batches(ds, collate, batch_size, model_device(model)), total=steps,
                       desc=f"predict {run.path.name}", disable=steps < 4, leave=False):
         with torch.no_grad():
-            logits = model(**batch.inputs).logits
+            logits = run.task.logits(model, batch.inputs)
         out += run.task.probabilities(logits, batch.rows)
     return out
 
@@ -106,13 +108,20 @@ def generate(runs: list[Run], dataset, shown: list[str]) -> list[dict]:
     return [{"input": x, "generated_text": c} for x, c in zip(shown, completions)]
 
 
-def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = None, batch_size: int = 32) -> list[dict]:
+def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = None, batch_size: int = 32,
+            labels: list[str] | None = None) -> list[dict]:
     """One dict per input: {"input", "label", "score", "scores": {label: probability}} (NER: "tags", "scores"
-    per word; causal-lm and seq2seq: "generated_text"). Several run dirs: the ensemble of their averaged probabilities."""
+    per word; causal-lm and seq2seq: "generated_text"). Several run dirs: the ensemble of their averaged probabilities.
+    `labels`: other class names for a run whose model reads them (zero-shot)."""
     import numpy as np
 
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     runs = [read_run(d) for d in dirs]
+    if labels:
+        if not all(r.task.open_labels for r in runs):
+            raise HftlError(f"--labels names the classes of a zero-shot run, whose model reads class names; task "
+                            f"{runs[0].task.name} has a head for the labels it was trained on: {runs[0].label_names}.")
+        runs = [replace(r, label_names=list(labels)) for r in runs]
     check_members(runs)
     dataset, shown = read_inputs(runs[0], list(inputs))
     if runs[0].task.generates:

@@ -25,6 +25,7 @@ from hftl.hooks import (
     reinit,
     select,
     strip_wrappers,
+    tower_layer_map,
     trainable_names,
 )
 from hftl.recipe import FreezeSpec, StrategySection
@@ -43,7 +44,10 @@ def layer_map_for(model: nn.Module, strategy: StrategySection) -> LayerMap:
     o = strategy.layer_map
     # a model that knows its blocks (a truncated distillation student, whose one block is no "repeated" list)
     blocks = o.blocks if o else getattr(model, "hftl_blocks_regex", None)
+    towers = None if o else getattr(model, "hftl_towers", None)  # parallel towers (a dual encoder's), set by its task
     try:
+        if towers:
+            return tower_layer_map(model, towers)
         return build_layer_map(model, blocks, o.head if o else None)
     except ValueError as e:
         if o is not None:

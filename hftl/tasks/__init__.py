@@ -9,6 +9,7 @@ from hftl.tasks import (  # noqa: F401  (each registers its task)
     seq2seq,
     text_classification,
     token_classification,
+    zero_shot,
 )
 from hftl.tasks.base import Task, get_task, register_task, task_names
 

@@ -275,7 +275,7 @@ class AudioClassification(ClassificationTask):
 
     # ------------------------------------------------------------------------------------------ card
 
-    def usage(self, data, adapter=False):
+    def usage(self, data, adapter=False, label_names=()):
         if not _spectrogram(data):
             return None
         return ["import torch", "from transformers import AutoImageProcessor, AutoModelForImageClassification", "",

@@ -78,6 +78,10 @@ class Task(ABC):
     # The model writes text (hftl predict generates; eval, ensembles and the ONNX exports, which score class
     # probabilities, do not apply).
     generates: ClassVar[bool] = False
+    # The labels are text the model reads (zero-shot): `hftl predict --labels` may name others.
+    open_labels: ClassVar[bool] = False
+    # The ways `hftl export` writes a run of this task (runs/export.py).
+    exports: ClassVar[tuple[str, ...]] = ("merge", "onnx", "int8", "prune")
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -156,6 +160,20 @@ class Task(ABC):
 
         return ClassLabel(names=list(label_names))
 
+    def training_loss(self, model, inputs: dict):
+        """The loss of one training step on a collated batch (the pre-flight runs it before training): the model's
+        own `loss` by default; a task with a Trainer of its own (trainer_classes) computes it as that Trainer does."""
+        out = model(**inputs)
+        return out["loss"] if isinstance(out, dict) else getattr(out, "loss", None)
+
+    def logits(self, model, inputs: dict):
+        """The model's class scores for a collated batch (prediction, evaluation reports): its `.logits`."""
+        return model(**inputs).logits
+
+    def prediction_collator(self, processor, data, label_names: list[str]):
+        """The collator of prediction batches (`prepare_inputs`' rows) for these labels; `collator` by default."""
+        return self.collator(processor, data)
+
     def probabilities(self, logits, features: list[dict]) -> list:
         """Per input, the probabilities the prediction is made of: (classes,) here; per word for NER. Ensembles
         average these."""
@@ -214,7 +232,7 @@ class Task(ABC):
     def describe_preprocessing(self, processor, data) -> str:
         return type(processor).__name__
 
-    def usage(self, data, adapter: bool = False) -> list[str] | None:
+    def usage(self, data, adapter: bool = False, label_names=()) -> list[str] | None:
         """Card lines that load and run the model (`adapter`: a PEFT adapter run) when `pipeline(self.name, ...)`
         cannot: imports, an empty line, then code that uses `model_id` (the card defines it there). None: the
         card's pipeline() snippet."""

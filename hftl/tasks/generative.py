@@ -21,7 +21,7 @@ def load_tokenizer(model_section, path: str):
         trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise HftlError(f"The tokenizer of '{model_section.model_name_or_path}' has neither a pad nor an eos token; "
+            raise HftlError(f"The tokenizer of '{model_section.source}' has neither a pad nor an eos token; "
                             "add one with model.extra_special_tokens and set it as pad in a tokenizer of your own "
                             "(model.tokenizer_name).")
         # GPT-style tokenizers have no pad token. Padding never reaches the loss: the collator masks labels by
@@ -50,6 +50,7 @@ class GenerativeTask:
 
     generates = True
     token_loss = True
+    exports = ("merge",)
     processor_arg = ("tokenizer", "AutoTokenizer")
 
     def load_processor(self, model_section, path, data):

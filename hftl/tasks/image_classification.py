@@ -168,14 +168,14 @@ def _safe_posterize(tf, aa) -> None:
             op.aug_fn = posterize
 
 
-def _augmenting(data) -> bool:
+def augmenting(data) -> bool:
     """Whether training sees random transforms (then features cannot be cached)."""
     aug = data.augment
     return bool(aug.random_resized_crop or aug.horizontal_flip or aug.color_jitter > 0 or aug.policy
                 or aug.random_erasing > 0)
 
 
-def _check_images(ds, column: str, split: str):
+def check_images(ds, column: str, split: str):
     """Decode every image once before training, so a broken file is named now, not mid-epoch."""
     from datasets import Image
     from PIL import Image as PILImage
@@ -192,9 +192,10 @@ def _check_images(ds, column: str, split: str):
                             "Remove or replace the file.") from None
 
 
-def _prepare(splits, processor, data, model=None):
-    """Train: torchvision transforms (augmentation) at the processor's size; evaluation: the processor itself,
-    the one saved with the run, so the ecosystem's loaders preprocess exactly as the run's evaluation did."""
+def image_datasets(splits, processor, data, model=None, keep: tuple[str, ...] = ()):
+    """(train, validation) of pixel_values and labels (and the `keep` columns as they are). Train: torchvision
+    transforms (augmentation) at the processor's size; evaluation: the processor itself, the one saved with the
+    run, so the ecosystem's loaders preprocess exactly as the run's evaluation did."""
     from datasets import Image
 
     column = data.image_column_name
@@ -206,7 +207,7 @@ def _prepare(splits, processor, data, model=None):
     if data.image_size and model is not None:
         check_input_size(model, pre.size)
     # Without augmentation, train on exactly what evaluation (and the saved processor) computes.
-    train_tf = train_transforms(pre, data.augment) if _augmenting(data) else None
+    train_tf = train_transforms(pre, data.augment) if augmenting(data) else None
 
     def evaluation_tf(images):
         return list(processor(images=images, return_tensors="pt")["pixel_values"])
@@ -215,17 +216,22 @@ def _prepare(splits, processor, data, model=None):
     for name, ds, train in (("train", splits.train, True), ("validation", splits.validation, False)):
         if not isinstance(ds.features[column], Image):
             ds = ds.cast_column(column, Image())  # e.g. file paths in a csv
-        _check_images(ds, column, name)
+        check_images(ds, column, name)
 
         def apply(batch, train=train):
             images = [im.convert("RGB") for im in batch[column]]
             pixels = [train_tf(im) for im in images] if train and train_tf else evaluation_tf(images)
-            return {"pixel_values": pixels, "labels": batch["labels"]}
+            return {"pixel_values": pixels, "labels": batch["labels"], **{k: batch[k] for k in keep}}
 
-        ds = ds.remove_columns([c for c in ds.column_names if c not in (column, "labels")])
+        ds = ds.remove_columns([c for c in ds.column_names if c not in (column, "labels", *keep)])
         ds.set_transform(apply)
         out.append(ds)
-    return out[0], out[1], default_data_collator
+    return out[0], out[1]
+
+
+def _prepare(splits, processor, data, model=None):
+    train, validation = image_datasets(splits, processor, data, model)
+    return train, validation, default_data_collator
 
 
 def check_input_size(model, size: tuple[int, int]):
@@ -265,7 +271,7 @@ def _prepare_inputs(dataset, processor, data):
                         f"{', '.join(dataset.column_names)}.{did_you_mean(column, dataset.column_names)}")
     if not isinstance(dataset.features[column], Image):
         dataset = dataset.cast_column(column, Image())
-    _check_images(dataset, column, "input")
+    check_images(dataset, column, "input")
     dataset = dataset.remove_columns([c for c in dataset.column_names if c != column])
 
     def apply(batch):
@@ -301,7 +307,7 @@ class ImageClassification(ClassificationTask):
             trust_remote_code=model_section.trust_remote_code, cache_dir=model_section.cache_dir)
 
     portable_processor = staticmethod(portable_image_processor)
-    augmenting = staticmethod(_augmenting)
+    augmenting = staticmethod(augmenting)
     prepare = staticmethod(_prepare)
     prepare_inputs = staticmethod(_prepare_inputs)
     describe_preprocessing = staticmethod(describe_image_preprocessing)

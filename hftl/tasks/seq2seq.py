@@ -134,7 +134,7 @@ class Seq2Seq(GenerativeTask, Task):
         return (f"{type(tokenizer).__name__}, max_source_length={data.max_source_length}, "
                 f"max_target_length={data.max_target_length}{prefix}; evaluation generates")
 
-    def usage(self, data, adapter=False):
+    def usage(self, data, adapter=False, label_names=()):
         auto = "AutoPeftModelForSeq2SeqLM" if adapter else "AutoModelForSeq2SeqLM"
         imports = ["from peft import AutoPeftModelForSeq2SeqLM", "from transformers import AutoTokenizer"] if adapter \
             else ["from transformers import AutoModelForSeq2SeqLM, AutoTokenizer"]

@@ -35,7 +35,7 @@ def write_outputs(s, trainer, metrics: dict, scored: Scored | None = None) -> No
     write_text(out / "plan.md", table + "\n")
     if s.splits.label_names:
         write_json(out / "labels.json", s.splits.label_names)
-    plot_curves(trainer.state.log_history, out / "curves.png", f"{s.recipe.task}: {s.recipe.model.model_name_or_path}",
+    plot_curves(trainer.state.log_history, out / "curves.png", f"{s.recipe.task}: {s.recipe.model.source}",
                 s.task.metric_names)
     merged = s.recipe.peft is not None and s.recipe.peft.merge
     usage = card.usage_snippet(s.recipe, s.task, s.splits.label_names, pooling_of(s.model), adapter is not None, merged)

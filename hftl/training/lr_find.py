@@ -133,7 +133,7 @@ def lr_find(recipe, overrides: list[str] | None = None, *, start_lr: float = 1e-
         s.cache.restore()
     result = LrFindResult(recorder.lrs, recorder.losses, recorder.raw, valley(recorder.lrs, recorder.losses), model)
     if output is not None:
-        result.files = write(result, Path(output), f"{recipe.task}: {recipe.model.model_name_or_path}")
+        result.files = write(result, Path(output), f"{recipe.task}: {recipe.model.source}")
     return result
 
 

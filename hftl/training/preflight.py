@@ -70,7 +70,13 @@ def rng_kept(device: torch.device | None = None):
         np.random.set_state(np_state)
 
 
-def check_first_step(model: nn.Module, dataset, collator, recipe, device: torch.device | None = None) -> None:
+def _own_loss(model, batch):
+    out = model(**batch)
+    return out["loss"] if isinstance(out, dict) else getattr(out, "loss", None)
+
+
+def check_first_step(model: nn.Module, dataset, collator, recipe, device: torch.device | None = None,
+                     task=None) -> None:
     """Forward + backward on a small batch from the real collator; any failure is a recipe error."""
     if dataset is None or len(dataset) == 0:
         return
@@ -82,8 +88,7 @@ def check_first_step(model: nn.Module, dataset, collator, recipe, device: torch.
             batch = collator([dataset[i] for i in range(min(N_EXAMPLES, len(dataset)))])
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             model.train()
-            out = model(**batch)
-            loss = out["loss"] if isinstance(out, dict) else getattr(out, "loss", None)
+            loss = task.training_loss(model, batch) if task is not None else _own_loss(model, batch)
             if loss is None:
                 raise ValueError("the model returned no loss for a labelled batch")
             if loss.requires_grad:

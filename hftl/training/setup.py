@@ -137,7 +137,7 @@ def _setup_datasets(s: Setup) -> None:
     then the features' own parts."""
     s.train_dataset, s.eval_dataset, s.collator = s.task.prepare(s.splits, s.processor, s.recipe.data, s.model)
     s.device = _preflight_device(s.model, s.recipe, s.args)
-    check_first_step(s.model, s.train_dataset, s.collator, s.recipe, s.device)
+    check_first_step(s.model, s.train_dataset, s.collator, s.recipe, s.device, s.task)
     s.inputs_vary = s.task.augmenting(s.recipe.data) or any(f.varies_inputs for f in s.features)
     for f in s.features:
         f.prepared(s)
@@ -163,7 +163,7 @@ def _check_push(recipe: Recipe, model) -> None:
     loaders put it on the base model's own pooler, so it would predict differently)."""
     if recipe.hub.push and recipe.hub.strict and base_model_id(recipe) is None:
         raise HftlError(
-            f"Recipe key 'hub.strict' is true but the base model '{recipe.model.model_name_or_path}' is a local "
+            f"Recipe key 'hub.strict' is true but the base model '{recipe.model.source}' is a local "
             "folder with no Hub id: set hub.base_model to the Hub id it came from (or hub.strict: false to push "
             "with a warning).")
     pooling = pooling_of(model)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from hftl.errors import HftlError
+from hftl.zoo import assembled
 from hftl.zoo.sources import cached_conversion, package_file
 
 
@@ -153,8 +154,16 @@ def _smollm2_135m() -> str:
     return cached_conversion("smollm2-135m", build)
 
 
+def _efficientnet_minilm() -> str:
+    """A dual encoder for zero-shot image classification: EfficientNet-Lite0 (ImageNet) and all-MiniLM-L6-v2, with
+    new 256-d projections (seeded), as VisionTextDualEncoderModel; untrained as a pair, so no zero-shot skill until
+    its projections (and text tower) are trained on image-text pairs (LiT)."""
+    return assembled.dual_encoder(_efficientnet_lite0(), _minilm_l6(), 256)
+
+
 MODELS = {"minilm-l6": _minilm_l6, "efficientnet-lite0": _efficientnet_lite0,
-          "efficientnet-lite0-96px": _efficientnet_lite0_96px, "smollm2-135m": _smollm2_135m}
+          "efficientnet-lite0-96px": _efficientnet_lite0_96px, "smollm2-135m": _smollm2_135m,
+          "efficientnet-minilm": _efficientnet_minilm}
 HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "efficientnet-lite0": "timm/tf_efficientnet_lite0.in1k",
            "efficientnet-lite0-96px": "timm/tf_efficientnet_lite0.in1k",
            "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}

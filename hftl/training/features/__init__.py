@@ -8,8 +8,9 @@ from hftl.training.features.distillation import Distill
 from hftl.training.features.ema import Ema
 from hftl.training.features.mixing import Regularization
 from hftl.training.features.tta import Tta
+from hftl.training.features.wise_ft import WiseFt
 
-FEATURES = (Continual, Distill, Regularization, Ema, Tta)
+FEATURES = (Continual, Distill, Regularization, Ema, Tta, WiseFt)
 
 __all__ = ["FEATURES", "Feature", "for_recipe", "overrides"]
 
