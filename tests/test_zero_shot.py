@@ -145,6 +145,12 @@ def test_each_tower_has_its_own_depths(dual_encoders, image_dirs, tmp_path):
     top = 1e-3 * 0.25
     assert lr["text_model.encoder.layers.1.mlp.fc1.weight"] == lr["vision_model.encoder.layers.2.mlp.fc1.weight"] \
         == pytest.approx(top)
+    # gradual unfreezing from the head down reaches both towers' top blocks together
+    s = setup(hftl.load_recipe(zs_recipe(dual_encoders["clip"], image_dirs, tmp_path / "out",
+                                         strategy={"gradual_unfreezing": {"every_epochs": 1}})))
+    assert s.plan.unfreeze_at[3] == "epoch 2" and s.plan.unfreeze_at[5] == "start"
+    active = s.plan.trainable.active
+    assert "text_projection.weight" in active and "text_model.encoder.layers.1.mlp.fc1.weight" not in active
 
 
 def test_prompt_templates_average_the_text_embeddings(dual_encoders, image_dirs, tmp_path):
