@@ -420,7 +420,7 @@ def test_generation_block_is_refused_for_classification(text_recipe):
     from hftl.errors import RecipeError
     from hftl.recipe import load_recipe
 
-    with pytest.raises(RecipeError, match=r"'generation' is read by task causal-lm and seq2seq only"):
+    with pytest.raises(RecipeError, match=r"'generation' is read by task causal-lm, seq2seq and image-text-to-text only"):
         load_recipe(text_recipe(generation={"prompts": ["hi"]}))
 
 

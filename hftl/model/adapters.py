@@ -51,16 +51,18 @@ def default_targets(model: nn.Module, head: list[str]) -> list[str]:
                     f"the model's layers ({layer_hint(model)}).")
 
 
-def build_peft_model(model: nn.Module, section, task_type: str | None, head: list[str], save: list[str] | None = None):
+def build_peft_model(model: nn.Module, section, task_type: str | None, head: list[str], save: list[str] | None = None,
+                     targets: str | list[str] | None = None):
     """Wrap `model` with the adapter the recipe asks for. `save` (default: the head) trains and saves with it:
-    the new task head, or a language model's grown embeddings (kept tied to its head where they are tied)."""
+    the new task head, or a language model's grown embeddings (kept tied to its head where they are tied).
+    `targets`: the task's default target_modules (default: the attention query/value projections found)."""
     import peft
 
     ptype = peft_type(section.method)
     kwargs = config_kwargs(section, ptype)
     fields = {f.name for f in dataclasses.fields(config_class(ptype))}
     if "target_modules" in fields and not kwargs.get("target_modules") and not is_prompt_learning(ptype):
-        kwargs["target_modules"] = default_targets(model, head)
+        kwargs["target_modules"] = targets or default_targets(model, head)
     save = head if save is None else save
     if "modules_to_save" in fields and (save or kwargs.get("modules_to_save")):
         kwargs["modules_to_save"] = sorted(set(kwargs.get("modules_to_save") or []) | set(save))

@@ -115,6 +115,9 @@ class GenerationSection(Section):
 
     prompts: list[str] = Field(default_factory=list, description="Fixed prompts whose completions go into "
                                "samples.jsonl and the model card (base model and trained model side by side).")
+    images: list[str] | None = Field(None, description="Image-text-to-text: one image file per prompt, shown with it "
+                                     "(the prompt's user turn is the image, then the text).",
+                                     json_schema_extra={"tasks": ["image-text-to-text"]})
     max_new_tokens: PositiveInt = Field(48, description="Tokens generated per prompt.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")

@@ -21,12 +21,20 @@ def cross_checks(recipe: Recipe) -> list[str]:
         if recipe.hub.push and recipe.hub.upload in ("merged", "both") and not recipe.peft.merge:
             problems.append(f"Recipe key 'hub.upload' is '{recipe.hub.upload}' but peft.merge is false: the merged "
                             "model is only written with peft.merge: true.")
+    gen = recipe.generation
+    if gen is not None and gen.images is not None and len(gen.images) != len(gen.prompts):
+        problems.append(f"Recipe key 'generation.images' lists {len(gen.images)} image(s) for {len(gen.prompts)} "
+                        "prompt(s) in generation.prompts: give one image per prompt.")
     problems += _check_sharding(recipe)
     problems += _check_blocks(recipe)
     problems += _check_auto(recipe)
     if not problems:
         problems += check_training_values(recipe.training)
     return problems
+
+
+def _names(tasks: list[str]) -> str:
+    return tasks[0] if len(tasks) == 1 else f"{', '.join(tasks[:-1])} and {tasks[-1]}"
 
 
 def _task_keys(recipe: Recipe) -> list[str]:
@@ -36,16 +44,18 @@ def _task_keys(recipe: Recipe) -> list[str]:
     for key, field in Recipe.model_fields.items():
         tasks = (field.json_schema_extra or {}).get("tasks")
         if tasks and recipe.task not in tasks and getattr(recipe, key) not in (None, []):
-            problems.append(f"Recipe key '{key}' is read by task {' and '.join(tasks)} only; this recipe's task is "
+            problems.append(f"Recipe key '{key}' is read by task {_names(tasks)} only; this recipe's task is "
                             f"{recipe.task}: remove the key or change the task.")
-    for section_name in ("model", "data", "regularization"):
+    for section_name in ("model", "data", "regularization", "generation"):
         section = getattr(recipe, section_name)
+        if section is None:
+            continue
         for key in sorted(section.model_fields_set):
             field = type(section).model_fields[key]
             tasks = (field.json_schema_extra or {}).get("tasks")
             default = field.get_default(call_default_factory=True)
             if tasks and recipe.task not in tasks and getattr(section, key) != default:  # saved recipes list defaults
-                problems.append(f"Recipe key '{section_name}.{key}' is read by task {' and '.join(tasks)} only; this "
+                problems.append(f"Recipe key '{section_name}.{key}' is read by task {_names(tasks)} only; this "
                                 f"recipe's task is {recipe.task}: remove the key or change the task.")
     return problems
 

@@ -93,6 +93,10 @@ class DataSection(Section):
                                             "(audio_features: log_mel).", json_schema_extra={"tasks": ["audio-classification"]})
     max_seq_length: PositiveInt = Field(128, description="Tokens kept per example (longer text is truncated); with "
                                         "data.packing the length of every block.")
+    long_examples: Literal["error", "drop"] = Field(
+        "error", description="An example longer than max_seq_length once its images are expanded into image tokens: "
+        "refused with its row number (error) or dropped and counted (drop); never cut.",
+        json_schema_extra={"tasks": ["image-text-to-text"]})
     packing: bool = Field(False, description="Causal LM: concatenate the tokenized examples and cut them into full "
                           "blocks of max_seq_length (labels travel with their tokens, so prompt masking survives).",
                           json_schema_extra={"tasks": ["causal-lm"]})

@@ -35,10 +35,18 @@ class ModelSection(Section):
     freeze_feature_encoder: bool | None = Field(
         None, description="Keep the convolutional feature encoder of speech models (Wav2Vec2, HuBERT, WavLM) frozen "
         "for the whole run. Default: true for models that have one.", json_schema_extra={"tasks": ["audio-classification"]})
+    freeze_vision_tower: bool = Field(True, description="Keep the vision tower frozen for the whole run (its "
+                                      "parameters never train).", json_schema_extra={"tasks": ["image-text-to-text"]})
+    freeze_multi_modal_projector: bool = Field(
+        False, description="Keep the projector between the vision tower and the language model frozen (a pretrained "
+        "one; a model assembled with a new projector must train it).", json_schema_extra={"tasks": ["image-text-to-text"]})
+    freeze_language_model: bool = Field(
+        False, description="Keep the language model frozen (LLaVA's first stage: the projector alone trains).",
+        json_schema_extra={"tasks": ["image-text-to-text"]})
     cache_dir: str | None = Field(None, description="Where downloaded checkpoints are cached.")
     extra_special_tokens: list[str] | None = Field(
         None, description="Generative tasks: tokens added to the vocabulary as special tokens; the embeddings grow "
-        "and train (with PEFT they are saved with the adapter).", json_schema_extra={"tasks": ["causal-lm", "seq2seq"]})
+        "and train (with PEFT they are saved with the adapter).", json_schema_extra={"tasks": ["causal-lm", "seq2seq", "image-text-to-text"]})
     pooling: Literal["auto", "default", "mean", "cls"] = Field(
         "auto", description="Sentence pooling for BERT-style text models: auto (the checkpoint's own, from a "
         "sentence-transformers 1_Pooling/config.json), default (the model's pooler), mean or cls.")

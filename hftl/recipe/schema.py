@@ -55,7 +55,7 @@ class Recipe(Section):
     training: dict[str, Any] = Field(default_factory=dict, description="transformers.TrainingArguments, verbatim.")
     hub: HubSection = Field(default_factory=HubSection)
     generation: GenerationSection | None = Field(None, description="Generative tasks: prompts sampled after training, "
-                                                 "decoding settings.", json_schema_extra={"tasks": ["causal-lm", "seq2seq"]})
+                                                 "decoding settings.", json_schema_extra={"tasks": ["causal-lm", "seq2seq", "image-text-to-text"]})
     regularization: RegularizationSection = Field(default_factory=RegularizationSection)
     distill: DistillSection | None = Field(None, description="Train on a teacher's softened predictions too.",
                                            json_schema_extra={"tasks": ["text-classification", "image-classification",

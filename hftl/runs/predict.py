@@ -23,8 +23,8 @@ DATA_FILES = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "par
 
 
 def read_inputs(run: Run, inputs: list[str]):
-    """(dataset with the task's input column, what each row's "input" shows)."""
-    from datasets import Dataset, load_dataset
+    """(the inputs: values of the task's input column, what each row's "input" shows)."""
+    from datasets import load_dataset
 
     task, data = run.task, run.recipe.data
     column = task.input_column(data)
@@ -40,6 +40,11 @@ def read_inputs(run: Run, inputs: list[str]):
             shown += files
         elif p.is_file() and p.suffix.lower() in DATA_FILES:
             ds = load_dataset(DATA_FILES[p.suffix.lower()], data_files=str(p), split="train")
+            rows = task.file_inputs(ds, p)
+            if rows is not None:
+                values += rows[0]
+                shown += rows[1]
+                continue
             if column not in ds.column_names:
                 raise HftlError(f"Input file '{x}' has no column '{column}' (the run's input column); columns are: "
                                 f"{', '.join(ds.column_names)}.")
@@ -62,7 +67,7 @@ def read_inputs(run: Run, inputs: list[str]):
             shown.append(x)
     if not values:
         raise HftlError("No inputs given: pass files, folders, data files or texts after the run dir(s).")
-    return Dataset.from_dict({column: values}), shown
+    return values, shown
 
 
 def check_members(runs: list[Run]) -> None:
@@ -94,7 +99,7 @@ def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
     return out
 
 
-def generate(runs: list[Run], dataset, shown: list[str]) -> list[dict]:
+def generate(runs: list[Run], values: list, shown: list[str]) -> list[dict]:
     """A text-writing run (causal-lm, seq2seq): {"input", "generated_text"} per prompt, decoded as the run's
     generation block says (seeded sampling, or greedy at temperature 0)."""
     run = runs[0]
@@ -102,9 +107,8 @@ def generate(runs: list[Run], dataset, shown: list[str]) -> list[dict]:
         raise HftlError(f"Ensembles average class probabilities; task {run.task.name} writes text: predict with one "
                         "run dir at a time.")
     model = load_model(run.path)
-    texts = list(dataset[run.task.input_column(run.recipe.data)])
     generation = run.recipe.generation or GenerationSection()
-    completions = run.task.generate(model, load_processor(run), run.recipe.data, generation, texts)
+    completions = run.task.generate(model, load_processor(run), run.recipe.data, generation, values)
     return [{"input": x, "generated_text": c} for x, c in zip(shown, completions)]
 
 
@@ -123,9 +127,12 @@ def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = 
                             f"{runs[0].task.name} has a head for the labels it was trained on: {runs[0].label_names}.")
         runs = [replace(r, label_names=list(labels)) for r in runs]
     check_members(runs)
-    dataset, shown = read_inputs(runs[0], list(inputs))
+    values, shown = read_inputs(runs[0], list(inputs))
     if runs[0].task.generates:
-        return generate(runs, dataset, shown)
+        return generate(runs, values, shown)
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({runs[0].task.input_column(runs[0].recipe.data): values})
     members = [run_probabilities(r, dataset, batch_size) for r in runs]
     if len(runs) > 1:
         logger.info("ensemble of %d runs (probabilities averaged): %s", len(runs), ", ".join(str(r.path) for r in runs))

@@ -24,6 +24,7 @@ from hftl.hooks import (
     names_from_depth,
     reinit,
     select,
+    stack_layer_map,
     strip_wrappers,
     tower_layer_map,
     trainable_names,
@@ -45,9 +46,12 @@ def layer_map_for(model: nn.Module, strategy: StrategySection) -> LayerMap:
     # a model that knows its blocks (a truncated distillation student, whose one block is no "repeated" list)
     blocks = o.blocks if o else getattr(model, "hftl_blocks_regex", None)
     towers = None if o else getattr(model, "hftl_towers", None)  # parallel towers (a dual encoder's), set by its task
+    parts = None if o else getattr(model, "hftl_parts", None)  # vision -> projector -> language model, set by its task
     try:
         if towers:
             return tower_layer_map(model, towers)
+        if parts:
+            return stack_layer_map(model, parts)
         return build_layer_map(model, blocks, o.head if o else None)
     except ValueError as e:
         if o is not None:

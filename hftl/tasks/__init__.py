@@ -6,6 +6,7 @@ from hftl.tasks import (  # noqa: F401  (each registers its task)
     audio_classification,
     causal_lm,
     image_classification,
+    image_text_to_text,
     seq2seq,
     text_classification,
     token_classification,

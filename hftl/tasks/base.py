@@ -205,6 +205,16 @@ class Task(ABC):
         whose head is the checkpoint's own returns only what it changed (embeddings grown for new tokens)."""
         return find_head(model)
 
+    def peft_targets(self, model) -> str | list[str] | None:
+        """PEFT's target_modules when the recipe names none (a regex or names); None: the attention query/value
+        projections found in the model."""
+        return None
+
+    def file_inputs(self, ds, path) -> tuple[list, list[str]] | None:
+        """For a task whose input spans several columns (messages + images): the inputs of a data file given to
+        `hftl predict`, one per row, and what each row's "input" shows. None: the input column's values."""
+        return None
+
     def finish_metrics(self, metrics: dict) -> None:
         """Add metrics derived from the Trainer's own (in place, on every evaluation's logs): e.g. perplexity
         from eval_loss, which needs no logits gathered."""

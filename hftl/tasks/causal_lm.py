@@ -57,6 +57,11 @@ def _strings(ds, column: str, split: str, allow_empty: bool = True):
 
 def _check_messages(conversations, split: str) -> None:
     for i, messages in enumerate(conversations):
+        if isinstance(messages, list) and any(isinstance(m, dict) and isinstance(m.get("content"), list)
+                                              and any(isinstance(p, dict) and p.get("type") == "image"
+                                                      for p in m["content"]) for m in messages):
+            raise HftlError(f"Column 'messages' at {split} row {i} holds an image part, and task causal-lm reads text "
+                            "only; use task image-text-to-text with a vision-language model for images.")
         if not isinstance(messages, list) or not messages:
             raise HftlError(f"Column 'messages' at {split} row {i} is not a list of {{role, content}} messages.")
         for m in messages:
@@ -99,6 +104,9 @@ class CausalLM(GenerativeTask, Task):
     # ------------------------------------------------------------------------------------------ preprocessing
 
     def _encode(self, ds, tokenizer, data, split: str):
+        if "images" in ds.column_names:
+            raise HftlError(f"The {split} data has an 'images' column, and task causal-lm reads text only; use task "
+                            "image-text-to-text with a vision-language model for images (TRL's messages + images).")
         kind = _format(ds, data)
         if kind == "messages" and not tokenizer.chat_template:
             raise HftlError("The data has a 'messages' column but the tokenizer of this model has no chat template; "

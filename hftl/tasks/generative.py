@@ -163,8 +163,13 @@ def samples_report(model, tokenizer, generation, encode) -> tuple[list[str], dic
     if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
         with model.disable_adapter():
             base = sample(model, tokenizer, generation.prompts, generation, encode)
+    return samples_table(generation.prompts, trained, base, generation)
+
+
+def samples_table(prompts: list[str], trained: list[str], base: list[str] | None, generation):
+    """(card lines, {"samples.jsonl": ...}) of each prompt's completion, beside the base model's when given."""
     rows = [{"prompt": p, "completion": c, **({"base_completion": b} if base else {})}
-            for p, c, b in zip(generation.prompts, trained, base or trained)]
+            for p, c, b in zip(prompts, trained, base or trained)]
     decoding = (f"temperature {generation.temperature}, top_p {generation.top_p}, seed {generation.seed}"
                 if generation.temperature > 0 else "greedy")
     lines = ["", "## Samples", "", f"Completions of fixed prompts ({generation.max_new_tokens} new tokens, {decoding}; "

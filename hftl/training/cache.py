@@ -51,6 +51,8 @@ def why_not(model: nn.Module, plan, strategy, augment_on: bool) -> str | None:
         return "the model is wrapped (PEFT)"
     if getattr(task, "hftl_towers", None):
         return "the model's towers run side by side (a dual encoder): there is no one backbone to cache"
+    if getattr(task, "hftl_parts", None):
+        return "the language model reads the image features with the text (a vision-language model)"
     if not (hasattr(task, "timm_model") or _backbone(task) is not None):
         return f"{type(task).__name__} has no separate backbone module"
     return None

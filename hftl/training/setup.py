@@ -109,7 +109,7 @@ def _setup_strategy(s: Setup) -> None:
     if s.recipe.peft is None:
         return
     s.model = build_peft_model(s.model, s.recipe.peft, s.task.peft_task_type, find_head(s.model),
-                               s.task.adapter_modules(s.model))
+                               s.task.adapter_modules(s.model), s.task.peft_targets(s.model))
     # The adapter config names its base by Hub id where one is known (zoo origin, hub.base_model), not by a path
     # on this disk; hftl itself keeps loading the base from the recipe (offline for zoo models).
     origin = base_model_id(s.recipe)

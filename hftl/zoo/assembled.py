@@ -58,3 +58,63 @@ def _clip_processor(data_config: dict):
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}.get(data_config.get("interpolation"), Image.BICUBIC)
     return CLIPImageProcessor(size={"shortest_edge": short}, crop_size={"height": h, "width": w}, resample=resample,
                               image_mean=list(data_config["mean"]), image_std=list(data_config["std"]))
+
+
+# ChatML as SmolLM2-Instruct renders it (its default system turn included), with content either a string or a list
+# of parts: {type: image} becomes the processor's image token, {type: text, text} its text.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def vision_language(vision: str, text: str, image_size: int) -> str:
+    """The folder of a FastVLM-architecture vision-language model (`AutoModelForImageTextToText`): the timm vision
+    tower of `vision` (its last feature map, one token per 32x32 patch), a new two-layer projector (seeded) and the
+    causal LM of `text`, whose tokenizer gains an `<image>` token; saved with a LlavaProcessor (images resized to
+    `image_size` square, no crop) and a ChatML chat template that takes image parts."""
+    digest = hashlib.sha256(json.dumps([_identity(vision), _identity(text), image_size, SEED,
+                                        VLM_CHAT_TEMPLATE]).encode()).hexdigest()
+
+    def build(tmp: Path):
+        import torch
+        import transformers as tf
+
+        vision_config = tf.AutoConfig.from_pretrained(vision)
+        if vision_config.model_type != "timm_wrapper":
+            raise ValueError(f"{vision}: the assembled vision-language model takes a timm vision tower")
+        vision_config.hidden_size, vision_config.do_pooling = vision_config.num_features, False
+        tokenizer = tf.AutoTokenizer.from_pretrained(text)
+        tokenizer.add_special_tokens({"extra_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
+        data_config = tf.AutoImageProcessor.from_pretrained(vision).data_config
+        image_processor = tf.CLIPImageProcessor(
+            do_resize=True, size={"height": image_size, "width": image_size}, do_center_crop=False,
+            resample=3, image_mean=list(data_config["mean"]), image_std=list(data_config["std"]))
+        processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=32,
+                                      vision_feature_select_strategy="full", chat_template=VLM_CHAT_TEMPLATE)
+        language = tf.AutoModelForCausalLM.from_pretrained(text, dtype=torch.float32)
+        config = tf.FastVlmConfig(vision_config=vision_config.to_dict(), text_config=language.config.to_dict(),
+                                  image_token_index=processor.image_token_id,
+                                  image_seq_length=(image_size // 32) ** 2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            model = tf.AutoModelForImageTextToText.from_config(config)
+            model.model.vision_tower.load_state_dict(
+                tf.AutoModel.from_pretrained(vision, config=vision_config).state_dict())
+            model.model.language_model.load_state_dict(language.model.state_dict())
+            model.lm_head.load_state_dict(language.lm_head.state_dict())
+            model.resize_token_embeddings(len(tokenizer))  # the <image> row: mean + noise of the others
+        model.generation_config = language.generation_config
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    return cached_conversion(f"vlm-{digest[:16]}", build)

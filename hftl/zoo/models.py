@@ -161,9 +161,18 @@ def _efficientnet_minilm() -> str:
     return assembled.dual_encoder(_efficientnet_lite0(), _minilm_l6(), 256)
 
 
+def _efficientnet_smollm2() -> str:
+    """A vision-language model for image-text-to-text: EfficientNet-Lite0 (ImageNet) as the vision tower (its last
+    feature map at 128 px: 4x4 = 16 image tokens of 1280 channels), a new two-layer projector (seeded) and
+    SmolLM2-135M-Instruct as the language model, in transformers' FastVLM architecture (a timm vision tower; loads
+    with AutoModelForImageTextToText) with a LlavaProcessor. Untrained as a pair: the projector must learn to speak
+    to the language model before the images mean anything to it (LLaVA's first stage)."""
+    return assembled.vision_language(_efficientnet_lite0(), _smollm2_135m(), 128)
+
+
 MODELS = {"minilm-l6": _minilm_l6, "efficientnet-lite0": _efficientnet_lite0,
           "efficientnet-lite0-96px": _efficientnet_lite0_96px, "smollm2-135m": _smollm2_135m,
-          "efficientnet-minilm": _efficientnet_minilm}
+          "efficientnet-minilm": _efficientnet_minilm, "efficientnet-smollm2": _efficientnet_smollm2}
 HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "efficientnet-lite0": "timm/tf_efficientnet_lite0.in1k",
            "efficientnet-lite0-96px": "timm/tf_efficientnet_lite0.in1k",
            "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}

@@ -270,6 +270,9 @@ def stamp_captions_split() -> tuple[list[dict], list[dict]]:
     return train, val
 
 
+DESCRIBE = "Describe this stamp."
+
+
 def _stamps_captions(config: str | None):
     """Image-text pairs from Tux Paint's stamps (Debian `tuxpaint-stamps-default`): every stamp that has a
     description file (<name>.txt) and a raster image beside it (<name>.png), as `image` (RGB on white, at its own
@@ -281,15 +284,25 @@ def _stamps_captions(config: str | None):
     Split: per category, its stamps in path order shuffled with `random.Random(0)`; the first 20% (rounded down)
     validate, the rest train, so a stamp is in one split only. For vision-language fine-tuning (describe a stamp,
     say what it is) and dual encoders (image <-> caption, zero-shot by category name). No Hub origin.
+    Config `describe`: the same stamps as TRL's vision-language columns, `messages` (the user turn: the image, then
+    "Describe this stamp."; the assistant's: the caption) and `images` (a list of one image), for image-text-to-text.
     """
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 
-    choose_config("stamps-captions", config)
+    describe = choose_config("stamps-captions", config, ("default", "describe")) == "describe"
     train, val = stamp_captions_split()
     names = sorted({r["category"] for r in train + val})
     features = Features({"image": Image(), "caption": Value("string"), "category": ClassLabel(names=names)})
 
     def build(rows):
+        if describe:
+            messages = [[{"role": "user", "content": [{"type": "image", "text": None},
+                                                      {"type": "text", "text": DESCRIBE}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": r["caption"]}]}] for r in rows]
+            return Dataset.from_dict({"messages": messages, "images": [[r["image"]] for r in rows]},
+                                     features=Features({"messages": List({"role": Value("string"), "content": List(
+                                         {"type": Value("string"), "text": Value("string")})}),
+                                         "images": List(Image())}))
         return Dataset.from_dict({"image": [r["image"] for r in rows], "caption": [r["caption"] for r in rows],
                                   "category": [names.index(r["category"]) for r in rows]}, features=features)
 
