@@ -127,6 +127,16 @@ def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return write_image_folder(d / "train", 16, 0), write_image_folder(d / "validation", 8, 1)
 
 
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory) -> Path:
+    """One temporary HFTL_CACHE for the tests that convert zoo checkpoints (test_zoo, the shipped recipes): a bare
+    machine's conversions, made once per session and never in the user's cache."""
+    root = tmp_path_factory.mktemp("hftl-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HFTL_CACHE", str(root))
+        yield root
+
+
 def child_env() -> dict[str, str]:
     """Environment of a child hftl process (CLI, accelerate launch): offline, quiet, one thread, this checkout first."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HFTL_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")

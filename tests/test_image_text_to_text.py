@@ -111,6 +111,13 @@ def test_training_learns_the_answers_and_the_run_loads_in_plain_transformers(kin
     folder = colours["validation"].parent
     assert [p["generated_text"] for p in predicted] == [greedy(model, processor, row, folder) for row in rows]
     assert [p["generated_text"] for p in predicted] == [row["messages"][1]["content"][0]["text"] for row in rows]
+    # hftl eval: the same token-weighted loss as training's evaluation; the answers are short: exact match too
+    prompts, rows = prompts_file(colours, kind + "_all", n=100)
+    right = [p["generated_text"] == row["messages"][1]["content"][0]["text"]
+             for p, row in zip(hftl.predict(r.output_dir, [str(prompts)]), rows)]
+    scores = hftl.evaluate(r.output_dir)["members"][str(r.output_dir)]
+    assert scores["eval_loss"] == pytest.approx(r.metrics["eval_loss"], rel=1e-4)
+    assert scores["eval_exact_match"] == sum(right) / len(right)
 
 
 def test_lora_adapts_the_language_model_only_and_loads_with_plain_peft(vlms, colours, tmp_path):

@@ -24,13 +24,6 @@ def offline(recipe) -> bool:
     return recipe.model.model_name_or_path.startswith(zoo.PREFIX) and (recipe.data.dataset_name or "").startswith(zoo.PREFIX)
 
 
-@pytest.fixture(scope="module")
-def zoo_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HFTL_CACHE", str(tmp_path_factory.mktemp("hftl-cache")))
-        yield
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipe_runs(path, zoo_cache, tmp_path):
     recipe = hftl.load_recipe(path)

@@ -54,12 +54,9 @@ needs_stamps = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Every conversion of this module goes to a temporary HFTL_CACHE, never to the user's cache."""
-    root = tmp_path_factory.mktemp("hftl-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HFTL_CACHE", str(root))
-        yield root
+def cache(zoo_cache):
+    """Every conversion of this module goes to the session's temporary HFTL_CACHE, never to the user's cache."""
+    return zoo_cache
 
 
 @needs_lite0

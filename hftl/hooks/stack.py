@@ -48,7 +48,7 @@ def find_parts(model: nn.Module) -> dict[str, str] | None:
 def stack_layer_map(model: nn.Module, parts: dict[str, str]) -> LayerMap:
     """Depth of every parameter of a vision-language model (wrapped or not) with these parts (find_parts)."""
     task = unwrap(model)
-    vision, projector, language = parts["vision"], parts["projector"], parts["language"]
+    projector = parts["projector"]
     blocks = {}
     for key in ("vision", "language"):
         found = find_blocks(task.get_submodule(parts[key]), parts[key] + ".")

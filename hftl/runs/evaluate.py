@@ -225,6 +225,15 @@ def evaluate(run_dirs: str | Path | list, data: str | Path | None = None, output
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     runs = [read_run(d) for d in dirs]
     check_members(runs)
+    if runs[0].task.generates and hasattr(runs[0].task, "score_text") and len(runs) == 1:
+        run = runs[0]
+        ds = (load_splits(run.recipe.data, run.recipe.seed, run.task).validation if data is None
+              else raw_rows(run, data, "--data"))
+        where = (Path(data).resolve().parent if data is not None else None)
+        metrics = run.task.score_text(load_model(run.path), load_processor(run), run.recipe.data, ds, where, batch_size)
+        folder = Path(output) if output else run.path / "eval"
+        write_json(folder / "metrics.json", metrics)
+        return {"members": {str(run.path): metrics}}
     if runs[0].task.generates:
         raise HftlError(f"hftl eval scores class predictions (per-class table, confusion matrix); '{runs[0].path}' is "
                         f"a {runs[0].task.name} run, which writes text. Its held-out scores are in its metrics.json "

@@ -32,6 +32,7 @@ from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_v
 
 logger = logging.getLogger("hftl")
 PARTS = ("text", "image")
+GREEDY = type("Greedy", (), {"max_new_tokens": 32, "num_beams": 1, "temperature": 0, "seed": 0})()
 
 
 # ------------------------------------------------------------------------------------------ rows
@@ -323,6 +324,34 @@ class ImageTextToText(GenerativeTask, Task):
             values.append({"messages": row["messages"], "images": [resolved(x, base) for x in images]})
             shown.append(_last_text(row["messages"]))
         return values, shown
+
+    def score_text(self, model, processor, data, ds, folder: Path | None, batch_size: int = 8) -> dict:
+        """`hftl eval`: the loss (and perplexity) over the assistant turns of `ds`; when every reference answer (the
+        last assistant turn) is short (8 words or fewer), the exact match of greedy answers too."""
+        import torch
+
+        if folder is not None:  # a data file of its own: relative image paths start at its folder
+            data = data.model_copy(update={"train_file": str(folder / "data"), "validation_file": None})
+        prepared = self._prepare(ds, processor, data, "eval" if folder is not None else "validation")
+        folder = folder or data_folder(data, "validation")
+        collate, total, tokens = self.collator(processor, data), 0.0, 0
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(prepared), batch_size):
+                batch = collate([prepared[j] for j in range(i, min(i + batch_size, len(prepared)))])
+                n = self.loss_tokens(batch["labels"])
+                total += float(model(**{k: v.to(model.device) for k, v in batch.items()}).loss) * n
+                tokens += n
+        metrics = {"eval_loss": total / max(tokens, 1)}
+        add_perplexity(metrics)
+        answers = [_last_text([m for m in row["messages"] if m["role"] == "assistant"]) for row in ds]
+        if answers and all(len(a.split()) <= 8 for a in answers):
+            rows = [{"messages": row["messages"][: max(k for k, m in enumerate(row["messages"]) if m["role"] == "assistant")],
+                     "images": [resolved(x, folder) for x in (row.get("images") or [])]} for row in ds]
+            greedy = generate(model, processor, rows, GREEDY)
+            metrics["eval_exact_match"] = sum(" ".join(g.split()) == " ".join(a.split())
+                                              for g, a in zip(greedy, answers)) / len(answers)
+        return metrics
 
     # ------------------------------------------------------------------------------------------ generation
 
