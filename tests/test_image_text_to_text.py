@@ -215,6 +215,11 @@ def test_bad_input_is_one_clear_error_and_no_output_dir(vlms, gpt2_lm_dir, tmp_p
                       chat_template=tokenizer.chat_template or tf.AutoProcessor.from_pretrained(vlms["llava"]).chat_template
                       ).save_pretrained(no_token)
     tf.AutoModelForImageTextToText.from_pretrained(vlms["llava"]).save_pretrained(no_token)
+    no_template = tmp_path / "no_template"
+    tokenizer.chat_template = None
+    tf.LlavaProcessor(image_processor=tf.AutoImageProcessor.from_pretrained(vlms["llava"]), patch_size=8,
+                      tokenizer=tokenizer, vision_feature_select_strategy="default").save_pretrained(no_template)
+    tf.AutoModelForImageTextToText.from_pretrained(vlms["llava"]).save_pretrained(no_template)
     cases = [
         (vlms["llava"], _bad(tmp_path, two, "two.jsonl"), "image-text-to-text",
          r"train row 1 has 1 image placeholder\(s\).*but 2 image\(s\) in column 'images'"),
@@ -222,6 +227,7 @@ def test_bad_input_is_one_clear_error_and_no_output_dir(vlms, gpt2_lm_dir, tmp_p
         (vlms["llava"], _bad(tmp_path, corrupt, "c.jsonl"), "image-text-to-text", r"train row 0: .*broken.png' is not a readable image"),
         (gpt2_lm_dir, _bad(tmp_path, good, "g.jsonl"), "causal-lm", r"'images' column, and task causal-lm reads text only"),
         (no_token, _bad(tmp_path, good, "n.jsonl"), "image-text-to-text", r"has no image token \('<image>' is not in its vocabulary\)"),
+        (no_template, _bad(tmp_path, good, "t.jsonl"), "image-text-to-text", r"has no chat template"),
     ]
     for i, (model, data, task, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
