@@ -134,8 +134,12 @@ class Encoder:
             if not (text.startswith(before) and text.startswith(through)):
                 raise HftlError("The processor's chat template renders a conversation differently from its turns one "
                                 "by one, so the assistant turns cannot be located.")
-            a = len(self.ids(before, images[: image_parts(messages[:k])]))
-            b = len(self.ids(through, images[: image_parts(messages[: k + 1])]))
+            head = self.ids(before, images[: image_parts(messages[:k])])
+            turn = self.ids(through, images[: image_parts(messages[: k + 1])])
+            a, b = len(head), len(turn)
+            if ids[:a] != head or ids[:b] != turn:  # a token across the turn's boundary: its span is not exact
+                raise HftlError("The processor's tokenizer joins an assistant turn's first or last token with its "
+                                "neighbour, so the turn's tokens cannot be told apart from the prompt's.")
             labels[a:b] = ids[a:b]
         return text, ids, [IGNORE if t == self.image_token_id else y for t, y in zip(ids, labels)]
 
