@@ -186,17 +186,23 @@ def _stage_blocks(stage: nn.Module):
 # ------------------------------------------------------------------------------------------ the map
 
 
-def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patterns: list[str] | None = None) -> LayerMap:
-    """Depth of every parameter of `model` (wrapped or not). Raises ValueError when blocks cannot be found."""
-    task = unwrap(model)
-    names = [n for n, _ in model.named_parameters()]
-    inner_names = [strip_wrappers(n) for n in names]
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """{second name: the name torch lists it under} for every parameter shared under two names."""
     first_name: dict[int, str] = {}
     tied = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         if id(p) in first_name and first_name[id(p)] != n:
             tied[n] = first_name[id(p)]
         first_name.setdefault(id(p), n)
+    return tied
+
+
+def build_layer_map(model: nn.Module, blocks_regex: str | None = None, head_patterns: list[str] | None = None) -> LayerMap:
+    """Depth of every parameter of `model` (wrapped or not). Raises ValueError when blocks cannot be found."""
+    task = unwrap(model)
+    names = [n for n, _ in model.named_parameters()]
+    inner_names = [strip_wrappers(n) for n in names]
+    tied = tied_names(model)
 
     head = list(head_patterns) if head_patterns else find_head(task)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hftl.hooks.layers import HEAD_LABEL, POST_LABEL, LayerMap, find_blocks
+from hftl.hooks.layers import HEAD_LABEL, POST_LABEL, LayerMap, find_blocks, tied_names
 from hftl.hooks.names import strip_wrappers, under, unwrap
 
 VISION = ("vision_tower", "vision_model", "visual", "vision_encoder", "image_encoder")
@@ -58,11 +58,6 @@ def stack_layer_map(model: nn.Module, parts: dict[str, str]) -> LayerMap:
     v, t = len(blocks["vision"]), len(blocks["language"])
     proj, lm_embed, post, head = v + 1, v + 2, v + t + 3, v + t + 4
     names = [n for n, _ in model.named_parameters()]
-    first_name, tied = {}, {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first_name and first_name[id(p)] != n:
-            tied[n] = first_name[id(p)]
-        first_name.setdefault(id(p), n)
     inner = [strip_wrappers(n) for n in names]
     depth = {}
     for key, base, before, after in (("vision", 1, 0, v), ("language", v + 3, lm_embed, post)):
@@ -80,5 +75,5 @@ def stack_layer_map(model: nn.Module, parts: dict[str, str]) -> LayerMap:
                POST_LABEL, HEAD_LABEL])
     roots = [p.split(".")[0] for p in parts.values()]
     heads = [n for n, m in task.named_children() if n not in roots and any(True for _ in m.parameters())]
-    return LayerMap(depth=depth, labels=labels, blocks=[*blocks["vision"], *blocks["language"]], tied=tied,
+    return LayerMap(depth=depth, labels=labels, blocks=[*blocks["vision"], *blocks["language"]], tied=tied_names(model),
                     head_modules=heads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 
 from hftl.errors import HftlError
 
@@ -126,9 +127,9 @@ def add_perplexity(metrics: dict) -> None:
         metrics[prefix + "perplexity"] = math.exp(loss) if loss < 700 else float("inf")
 
 
-def sample(model, tokenizer, prompts: list[str], generation, encode) -> list[str]:
-    """Completions of `prompts` (`encode(prompt)` -> input ids): seeded sampling, or greedy at temperature 0;
-    the model's mode and the global random state are left as they were."""
+def sample(model, tokenizer, prompts: list, generation, encode) -> list[str]:
+    """Completions of `prompts` (`encode(prompt)` -> input ids, or the dict of tensors a processor returns):
+    seeded sampling, or greedy at temperature 0; the model's mode and the global random state are left as they were."""
     import torch
 
     device = next(model.parameters()).device
@@ -144,26 +145,33 @@ def sample(model, tokenizer, prompts: list[str], generation, encode) -> list[str
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(generation.seed)
         for prompt in prompts:
-            ids = torch.tensor([encode(prompt)], device=device)
-            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)[0]
+            inputs = encode(prompt)
+            if not isinstance(inputs, Mapping):
+                ids = torch.tensor([inputs])
+                inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            generated = model.generate(**inputs, **options)[0]
             if not getattr(model.config, "is_encoder_decoder", False):
-                generated = generated[ids.shape[1]:]
+                generated = generated[inputs["input_ids"].shape[1]:]
             out.append(tokenizer.decode(generated, skip_special_tokens=True))
     model.train(was_training)
     return out
 
 
-def samples_report(model, tokenizer, generation, encode) -> tuple[list[str], dict[str, str]]:
+def samples_report(model, tokenizer, generation, encode, prompts: list | None = None,
+                   shown: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The card's table and samples.jsonl: each prompt's completion by the trained model and, for an adapter run,
-    by the base model (the adapter switched off)."""
+    by the base model (the adapter switched off). `prompts`: what `encode` takes, when not the recipe's prompts
+    themselves; `shown`: how the table names them (default: the recipe's prompts)."""
     if generation is None or not generation.prompts:
         return [], {}
-    trained = sample(model, tokenizer, generation.prompts, generation, encode)
+    prompts = generation.prompts if prompts is None else prompts
+    trained = sample(model, tokenizer, prompts, generation, encode)
     base = None
     if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
         with model.disable_adapter():
-            base = sample(model, tokenizer, generation.prompts, generation, encode)
-    return samples_table(generation.prompts, trained, base, generation)
+            base = sample(model, tokenizer, prompts, generation, encode)
+    return samples_table(shown or generation.prompts, trained, base, generation)
 
 
 def samples_table(prompts: list[str], trained: list[str], base: list[str] | None, generation):

@@ -21,6 +21,7 @@ import io
 import logging
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from transformers import AutoModelForImageTextToText
 
@@ -28,11 +29,11 @@ from hftl.errors import HftlError, did_you_mean
 from hftl.hooks import find_parts, under
 from hftl.tasks.base import Task, register_task
 from hftl.tasks.causal_lm import ROLES
-from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_vocabulary, samples_table
+from hftl.tasks.generative import IGNORE, GenerativeTask, add_perplexity, grow_vocabulary, sample, samples_report
 
 logger = logging.getLogger("hftl")
 PARTS = ("text", "image")
-GREEDY = type("Greedy", (), {"max_new_tokens": 32, "num_beams": 1, "temperature": 0, "seed": 0})()
+GREEDY = SimpleNamespace(max_new_tokens=32, num_beams=1, temperature=0, seed=0)  # hftl eval's answers
 
 
 # ------------------------------------------------------------------------------------------ rows
@@ -118,6 +119,12 @@ class Encoder:
     def render(self, messages, generation_prompt: bool = False) -> str:
         return self.processor.apply_chat_template(list(messages), tokenize=False,
                                                   add_generation_prompt=generation_prompt)
+
+    def inputs(self, prompt: tuple):
+        """The model's inputs for (messages, images) whose next turn is the assistant's."""
+        messages, images = prompt
+        return self.processor(text=[self.render(messages, generation_prompt=True)],
+                              images=[images] if images else None, return_tensors="pt")
 
     def ids(self, text: str, images: list) -> list[int]:
         out = self.processor(text=[text], images=[images] if images else None)
@@ -258,11 +265,6 @@ class ImageTextToText(GenerativeTask, Task):
         processor.tokenizer.init_kwargs["padding_side"] = "left"
         return processor
 
-    def reload_base(self, model, output_dir) -> None:
-        from transformers import AutoTokenizer
-
-        grow_vocabulary(model, AutoTokenizer.from_pretrained(output_dir))
-
     # ------------------------------------------------------------------------------------------ data
 
     def prepare(self, splits, processor, data, model=None):
@@ -378,14 +380,10 @@ class ImageTextToText(GenerativeTask, Task):
         if generation is None or not generation.prompts:
             return [], {}
         rows = self.prompt_rows(generation.prompts, generation.images)
-        trained = generate(model, processor, rows, generation)
-        base = None
-        if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
-            with model.disable_adapter():
-                base = generate(model, processor, rows, generation)
         shown = [p + (f" [image: {Path(i).name}]" if i else "")
                  for p, i in zip(generation.prompts, generation.images or [None] * len(generation.prompts))]
-        return samples_table(shown, trained, base, generation)
+        return samples_report(model, processor.tokenizer, generation, Encoder(processor).inputs, prompt_inputs(rows),
+                              shown)
 
     # ------------------------------------------------------------------------------------------ metrics / card
 
@@ -434,28 +432,12 @@ def _dataset(rows: dict, image_feature):
 
 
 def generate(model, processor, rows: list[dict], generation) -> list[str]:
-    """Each row's answer (messages + images, the assistant's turn to speak), decoded as `generation` says; the
-    model's mode and the global random state are left as they were."""
-    import torch
+    """Each row's answer (messages + images, the assistant's turn to speak), decoded as `generation` says
+    (generative.sample: the model's mode and the global random state are left as they were)."""
+    return sample(model, processor.tokenizer, prompt_inputs(rows), generation, Encoder(processor).inputs)
 
-    encoder = Encoder(processor)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    options = dict(max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams,
-                   pad_token_id=processor.tokenizer.pad_token_id)
-    if generation.temperature > 0:
-        options.update(do_sample=True, temperature=generation.temperature, top_p=generation.top_p)
-    else:
-        options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    out = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(generation.seed)
-        for i, row in enumerate(rows):
-            images = [open_image(x, None, f"prompt {i}") for x in row.get("images") or []]
-            text = encoder.render(row["messages"], generation_prompt=True)
-            enc = processor(text=[text], images=[images] if images else None, return_tensors="pt").to(device)
-            generated = model.generate(**enc, **options)[0, enc["input_ids"].shape[1]:]
-            out.append(processor.decode(generated, skip_special_tokens=True))
-    model.train(was_training)
-    return out
+
+def prompt_inputs(rows: list[dict]) -> list[tuple]:
+    """(messages, opened images) per row: every image opened (and checked) before anything generates."""
+    return [(row["messages"], [open_image(x, None, f"prompt {i}") for x in row.get("images") or []])
+            for i, row in enumerate(rows)]
