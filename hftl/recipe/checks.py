@@ -11,6 +11,8 @@ from hftl.recipe.training import check_training_values, sharded, uses_fsdp, zero
 from hftl.tasks import get_task
 
 AUTO_TASKS = ("text-classification", "image-classification", "audio-classification")  # what preset auto serves
+# the tasks whose inputs data.augment changes
+AUGMENT_TASKS = ("image-classification", "zero-shot-image-classification")
 
 
 def cross_checks(recipe: Recipe) -> list[str]:
@@ -57,7 +59,23 @@ def _task_keys(recipe: Recipe) -> list[str]:
             if tasks and recipe.task not in tasks and getattr(section, key) != default:  # saved recipes list defaults
                 problems.append(f"Recipe key '{section_name}.{key}' is read by task {_names(tasks)} only; this "
                                 f"recipe's task is {recipe.task}: remove the key or change the task.")
-    return problems
+    return problems + _augment_keys(recipe)
+
+
+def _augment_keys(recipe: Recipe) -> list[str]:
+    """data.augment switches image transforms on; on a task without them a key that turns one on is refused
+    (`augment: false`, which asks for none, is accepted everywhere)."""
+    if recipe.task in AUGMENT_TASKS:
+        return []
+    aug = recipe.data.augment
+    fields = type(aug).model_fields  # saved recipes list the defaults: only a key set to something else counts
+    on = sorted(k for k in aug.model_fields_set if getattr(aug, k) not in (None, False, 0, 0.0)
+                and getattr(aug, k) != fields[k].get_default())
+    if not on:
+        return []
+    return [f"Recipe key 'data.augment.{on[0]}' ({getattr(aug, on[0])!r}) is an image augmentation, read by task "
+            f"{_names(list(AUGMENT_TASKS))} only; this recipe's task is {recipe.task}: remove the key (or set "
+            "data.augment: false)."]
 
 
 def _check_auto(recipe: Recipe) -> list[str]:
@@ -95,9 +113,33 @@ def _check_blocks(recipe: Recipe) -> list[str]:
     if recipe.regularization.label_smoothing and smoothing not in (None, 0, 0.0):
         problems.append(f"Recipe keys 'regularization.label_smoothing' ({recipe.regularization.label_smoothing}) and "
                         f"'training.label_smoothing_factor' ({smoothing}) say the same thing: give one of them.")
+    problems += _check_fewshot(recipe)
     if recipe.ema is not None and sharded(recipe.training):
         problems.append("Recipe key 'ema' needs every weight on every rank; FSDP and ZeRO-3 shard them: use DDP "
                         "(or ZeRO-1/2), or remove ema.")
+    return problems
+
+
+def _check_fewshot(recipe: Recipe) -> list[str]:
+    """contrastive body tuning and the L-BFGS head against the strategy."""
+    s, problems = recipe.strategy, []
+    if recipe.contrastive is not None and s.freeze == "backbone" and recipe.peft is None:
+        problems.append("Recipe key 'contrastive' tunes the backbone parameters the strategy trains, and "
+                        "strategy.freeze: backbone (preset feature_extraction) leaves none. For SetFit's two stages "
+                        "(tuned body, then a head on it) use freeze: none with strategy.head_fit: lbfgs.")
+    if s.head_fit == "lbfgs" and recipe.task not in AUTO_TASKS:
+        problems.append(f"Recipe key 'strategy.head_fit' is lbfgs, which fits a classifier's head on class ids; "
+                        f"task {recipe.task} is not one of {', '.join(AUTO_TASKS)}: use head_fit: trainer.")
+    if s.head_fit == "lbfgs" and s.gradual_unfreezing is not None:
+        problems.append("Recipe key 'strategy.head_fit' is lbfgs, which fits the head alone in place of the "
+                        "Trainer's epochs, so strategy.gradual_unfreezing would never unfreeze anything: drop one.")
+    if s.head_fit == "lbfgs" and (recipe.ema is not None or recipe.distill is not None):
+        problems.append(f"Recipe key 'strategy.head_fit' is lbfgs, which fits the head on its labels alone in place "
+                        f"of the Trainer's steps; {'ema averages' if recipe.ema else 'distill adds a teacher term to'} "
+                        "those steps: use head_fit: trainer, or drop the block.")
+    if s.head_fit == "lbfgs" and recipe.regularization.mixing:
+        problems.append("Recipe key 'strategy.head_fit' is lbfgs, which fits the head on fixed features; mixup / "
+                        "cutmix mix training batches the Trainer would draw: drop one.")
     return problems
 
 

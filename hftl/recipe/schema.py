@@ -13,6 +13,7 @@ from hftl.recipe import yaml_io
 from hftl.recipe.base import Section
 from hftl.recipe.blocks import (
     ContinualSection,
+    ContrastiveSection,
     DistillSection,
     EmaSection,
     GenerationSection,
@@ -65,6 +66,9 @@ class Recipe(Section):
         json_schema_extra={"tasks": ["text-classification", "image-classification", "audio-classification"]})
     self_training: SelfTrainingSection | None = Field(
         None, description="Adapt to an unlabelled target domain by pseudo-label rounds.",
+        json_schema_extra={"tasks": ["text-classification", "image-classification", "audio-classification"]})
+    contrastive: ContrastiveSection | None = Field(
+        None, description="Tune the encoder on label pairs before the head (SetFit's first stage): few-shot data.",
         json_schema_extra={"tasks": ["text-classification", "image-classification", "audio-classification"]})
     ema: EmaSection | None = Field(None, description="Average the weights over training steps (EMA); the average is "
                                    "what the run evaluates and saves.")

@@ -103,6 +103,13 @@ class StrategySection(Section):
     cache_features: Literal["auto"] | bool = Field(
         "auto", description="Compute frozen-backbone features once and train the head on them (auto: when the "
         "whole backbone stays frozen and augmentation is off).")
+    head_fit: Literal["trainer", "lbfgs"] = Field(
+        "trainer", description="lbfgs: the head alone is fitted to convergence on the frozen (or contrastively "
+        "tuned) body's features -- full batch, L-BFGS, L2 as scikit-learn's LogisticRegression (SetFit's head) -- "
+        "in place of the Trainer's epochs, so 32 rows get a converged head; trainer: the Trainer trains for "
+        "training.num_train_epochs.")
+    head_c: PositiveFloat = Field(1.0, description="head_fit lbfgs: inverse L2 strength, scikit-learn's C (loss = "
+                                  "sum of cross-entropies + |W|^2 / 2C).")
 
     @field_validator("preset", mode="before")
     @classmethod

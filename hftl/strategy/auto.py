@@ -13,18 +13,24 @@ domain similarity. Both are measured here, on the training split only, before an
 
 | size \\ similarity | high | low |
 |---|---|---|
-| small (< 100 / class) | feature extraction, head lr 3e-3 (strategy.discriminative_lr.head_lr) | full fine-tuning; below 30 / class feature extraction (+ the seed's heavy augmentation: data.augment.policy) |
+| few-shot (< 50 / class) | contrastive body tuning + converged head | contrastive body tuning + converged head |
+| small (< 100 / class) | feature extraction, head fitted by L-BFGS (strategy.head_fit) | full fine-tuning |
 | medium (< 1,000) | discriminative LR (decay 0.8, head 4x) + gradual unfreezing within the first epoch | full fine-tuning |
 | large | full fine-tuning | full fine-tuning |
+
+Few-shot (issue 35, benchmarks/results/fewshot.md): with a few dozen rows per class, counting the head's training in
+epochs gives it a handful of steps, and SetFit's contrastive first stage beat every strategy hftl had. Below 50
+examples per class auto runs that stage (`contrastive`, num_iterations 4: SetFit's pairs at 8 / class, fewer
+above) on the whole body, BatchNorm statistics kept, then fits the head to convergence (strategy.head_fit: lbfgs);
+its verdict on similarity is reported but not needed.
 
 Where the seed says feature extraction (+ augmentation) for small data and "gradual unfreezing + discriminative LR"
 for medium data from a far domain, hftl's own benchmarks measured full fine-tuning well above both (Fashion-MNIST at
 ~100 / class: 0.861 vs 0.819 frozen and 0.795 layered; spectrograms at 150 / class: 0.997 vs 0.883 and 0.930): a
 far domain is where the frozen features are the bottleneck. The thresholds are calibrated on the zoo's training
 sets only (three BatchNorm data sets, one text set): evidence, not a law. Every key the recipe sets explicitly
-(strategy.*) wins over the choice. training.learning_rate is the fine-tuning rate, as the recipe gives it: a
-frozen backbone's head gets its own (strategy.discriminative_lr.head_lr), since one rate cannot serve both --
-the seeds' tables put the head of feature extraction 10-100x above a fine-tuned backbone.
+(strategy.*, and a contrastive: block) wins over the choice. training.learning_rate is the fine-tuning rate, as
+the recipe gives it; a frozen backbone's head is fitted by L-BFGS (no learning rate, no epochs to get right).
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from hftl.data import Splits, batches
 from hftl.errors import HftlError
 from hftl.hooks import find_head, unwrap
 from hftl.model import model_device
-from hftl.recipe import StrategySection
+from hftl.recipe import ContrastiveSection, StrategySection
+from hftl.recipe.checks import AUGMENT_TASKS
 from hftl.strategy.plan import layer_map_for
 
 PROBE_EXAMPLES = 1024  # a sample of the training split: the probe costs one frozen forward over it
@@ -52,9 +59,9 @@ SMALL, MEDIUM = 100, 1000  # examples per class (seed 001)
 SEPARABLE = 0.5  # probe separability below this: the features do not fit the task
 # BatchNorm inputs vs running statistics, Gaussian KL per channel (zoo: stamps 0.23, Fashion-MNIST 0.40, spectrograms 0.47)
 BN_FAR = 0.3
-FEW = 30  # examples per class below which even a far domain keeps the backbone frozen
+FEWSHOT = 50  # examples per class below which contrastive body tuning + a converged head are chosen
+FEWSHOT_ITERATIONS = 4  # contrastive.num_iterations: 8 pairs per example (SetFit 1.2's count at 8 / class)
 PIECES_FAR = 2.0  # sub-word pieces per word: the tokenizer's vocabulary does not fit the text
-FEATURE_EXTRACTION_LR = 3e-3
 DECAY, HEAD_FACTOR = 0.8, 4.0
 
 
@@ -65,6 +72,7 @@ class Decision:
     similarity: str
     choice: str
     keys: dict  # strategy keys the choice set
+    blocks: dict = field(default_factory=dict)  # top-level recipe blocks the choice set (contrastive)
     kept: list[str] = field(default_factory=list)  # keys the recipe set, kept over the choice
     reasons: list[str] = field(default_factory=list)
 
@@ -79,11 +87,11 @@ class Decision:
                f"| examples per class (median, min) | {e['per_class_median']:g}, {e['per_class_min']} |",
                f"| linear probe on frozen features ({e['probe_examples']} examples, {e['probe_folds']}-fold) | "
                f"balanced accuracy {e['probe_balanced_accuracy']:.3f} (chance {1 / e['classes']:.3f}), "
-               f"separability {e['separability']:.2f} |",
+               f"separability {e['separability']:.2f} ± {e.get('separability_spread', 0):.2f} over the folds |",
                f"| BatchNorm inputs vs running statistics (Gaussian KL; far > {BN_FAR}) | {shift} |",
                f"| tokenizer pieces per word (far > {PIECES_FAR}) | {pieces} |", ""]
         out += [f"- {r}" for r in self.reasons]
-        setting = ", ".join(f"{k}: {v}" for k, v in self.keys.items())
+        setting = ", ".join([f"{k}: {v}" for k, v in self.keys.items()] + [f"{k}: {v}" for k, v in self.blocks.items()])
         out.append(f"- Set: {setting}.")
         if self.kept:
             out.append(f"- Kept from the recipe (explicit keys win): {', '.join(self.kept)}.")
@@ -91,7 +99,7 @@ class Decision:
 
     def to_dict(self) -> dict:
         return {"choice": self.choice, "size": self.size, "similarity": self.similarity, "set": self.keys,
-                "kept": self.kept, "evidence": self.evidence}
+                "blocks": self.blocks, "kept": self.kept, "evidence": self.evidence}
 
 
 def _first_head(model: nn.Module) -> nn.Module:
@@ -154,8 +162,9 @@ def _features(model: nn.Module, dataset, collator, batch_size: int = 32):
     return torch.cat(feats).numpy(), (float(np.mean(shifts)) if shifts else None), len(shifts)
 
 
-def _probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, int]:
-    """Balanced accuracy of a logistic regression on standardised features, stratified k-fold (k <= 5)."""
+def _probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float, int]:
+    """Balanced accuracy of a logistic regression on standardised features, stratified k-fold (k <= 5): the mean,
+    its standard deviation over the folds, k."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -167,7 +176,8 @@ def _probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, int]:
                         "for the linear probe; give the strategy explicitly or add examples.")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(clf, x, y, cv=cv, scoring="balanced_accuracy").mean()), folds
+    scores = cross_val_score(clf, x, y, cv=cv, scoring="balanced_accuracy")
+    return float(scores.mean()), float(scores.std()), folds
 
 
 def _pieces_per_word(tokenizer, rows, column: str) -> float | None:
@@ -195,7 +205,7 @@ def gather(task, splits, processor, data, model, seed: int) -> dict:
     random.setstate(state[0])
     np.random.set_state(state[1])
     y = np.asarray(sample["labels"])
-    balanced, folds = _probe(x, y, seed)
+    balanced, spread, folds = _probe(x, y, seed)
     k = len(splits.label_names)
     return {
         "train_examples": len(labels), "classes": k,
@@ -203,6 +213,8 @@ def gather(task, splits, processor, data, model, seed: int) -> dict:
         "per_class_min": min(counts.get(i, 0) for i in range(k)),
         "probe_examples": len(sample), "probe_folds": folds, "probe_balanced_accuracy": round(balanced, 4),
         "separability": round(max(0.0, (balanced - 1 / k) / (1 - 1 / k)), 4),
+        "separability_spread": round(spread / (1 - 1 / k), 4),
+        "augmentable": task.name in AUGMENT_TASKS,  # data.augment applies (the seed's advice for far images)
         "bn_shift": None if shift is None else round(shift, 4), "bn_layers": layers,
         "pieces_per_word": _round(_pieces_per_word(processor, sample, task.input_column(data))),
     }
@@ -229,12 +241,24 @@ def decide(evidence: dict, learning_rate: float, steps_per_epoch: int, depths: i
     reasons.append("Domain similarity low: " + "; ".join(far) + "." if far else
                    f"Domain similarity high: the frozen features separate the classes (separability "
                    f"{e['separability']:.2f} >= {SEPARABLE}) and the input statistics are close to the backbone's.")
-    if size == "small" and (similarity == "high" or m < FEW):
+    spread = e.get("separability_spread", 0.0)
+    if abs(e["separability"] - SEPARABLE) <= spread:
+        reasons.append(f"The probe's verdict is uncertain: separability {e['separability']:.2f} ± {spread:.2f} over "
+                       f"its folds straddles {SEPARABLE} (more labelled rows would settle it).")
+    blocks = {}
+    if m < FEWSHOT:
+        choice = "contrastive body tuning + converged head"
+        keys = {"freeze": "none", "freeze_batchnorm": True, "head_fit": "lbfgs"}
+        blocks = {"contrastive": {"num_iterations": FEWSHOT_ITERATIONS}}
+        reasons.append(f"Few-shot: fewer than {FEWSHOT} examples per class. SetFit's two stages: the body tuned on "
+                       f"pairs drawn from the labels ({2 * FEWSHOT_ITERATIONS} per example), then the head fitted to "
+                       "convergence on it; at 8-32 tweets per class this beat feature extraction and full fine-tuning "
+                       "(benchmarks/results/fewshot.md).")
+    elif size == "small" and similarity == "high":
         choice = "feature extraction"
-        keys = {"freeze": "backbone", "freeze_batchnorm": True, "discriminative_lr": {"head_lr": FEATURE_EXTRACTION_LR}}
-        if similarity == "low":
-            reasons.append(f"Fewer than {FEW} examples per class from a far domain: the seed keeps the backbone frozen "
-                           "and adds heavy augmentation (not switched on here: data.augment.policy, e.g. rand-m9-mstd0.5).")
+        keys = {"freeze": "backbone", "freeze_batchnorm": True, "head_fit": "lbfgs"}
+        reasons.append("The frozen features separate the classes: the head alone, fitted to convergence (L-BFGS) "
+                       "rather than for the recipe's epochs.")
     elif size == "medium" and similarity == "high":
         every = max(1, steps_per_epoch // max(depths, 1))
         choice = "discriminative LR + gradual unfreezing"
@@ -245,10 +269,11 @@ def decide(evidence: dict, learning_rate: float, steps_per_epoch: int, depths: i
     else:
         choice, keys = "full fine-tuning", {"freeze": "none", "freeze_batchnorm": False}
         if similarity == "low" and size != "large":
-            reasons.append("A far domain: the seed's cell says " + ("feature extraction + augmentation" if size == "small"
-                           else "gradual unfreezing + discriminative LR") + "; hftl's benchmarks on far domains "
-                           "(Fashion-MNIST, spectrograms) measured full fine-tuning well above both.")
-    return Decision(e, size, similarity, choice, keys, reasons=reasons)
+            seed = ("feature extraction" + (" + augmentation" if e.get("augmentable") else "") if size == "small"
+                    else "gradual unfreezing + discriminative LR")
+            reasons.append(f"A far domain: the seed's cell says {seed}; hftl's benchmarks on far domains "
+                           "(Fashion-MNIST, spectrograms) measured full fine-tuning well above it.")
+    return Decision(e, size, similarity, choice, keys, blocks, reasons=reasons)
 
 
 def _explicit(strategy) -> set[str]:
@@ -269,4 +294,10 @@ def resolve(recipe, task, splits, processor, model):
     decision.kept = sorted(f"strategy.{k}" for k in decision.keys if k in explicit)
     chosen = {k: v for k, v in decision.keys.items() if k not in explicit}
     strategy = StrategySection.model_validate({**recipe.strategy.model_dump(exclude_unset=True), **chosen})
-    return recipe.model_copy(update={"strategy": strategy}), decision
+    update = {"strategy": strategy}
+    if "contrastive" in decision.blocks:
+        if recipe.contrastive is None:
+            update["contrastive"] = ContrastiveSection.model_validate(decision.blocks["contrastive"])
+        else:
+            decision.kept.append("contrastive")
+    return recipe.model_copy(update=update), decision

@@ -84,9 +84,11 @@ class TransferPlan:
     unfreeze_at: dict[int, str]
     callbacks: list = field(default_factory=list)
     decision: object = None  # strategy.preset auto: hftl.auto_strategy.Decision (its evidence heads the table)
+    notes: list[str] = field(default_factory=list)  # what the training blocks run besides the Trainer
 
     def table(self) -> str:
         head = "\n".join(self.decision.lines()) + "\n\n" if self.decision is not None else ""
+        head += "\n".join(self.notes) + "\n" if self.notes else ""
         return head + plan_table(self.layer_map, self.trainable, self.lrs, self.unfreeze_at)
 
 

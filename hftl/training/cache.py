@@ -76,9 +76,11 @@ class FeatureCache:
         self._patched = False
         self.hits = 0  # splits served from the on-disk feature cache
         self.model_name = getattr(getattr(self.task, "config", None), "_name_or_path", "") or type(self.task).__name__
+        # the backbone's digest is taken when features are first computed, after anything that changes its
+        # weights before training (contrastive body tuning, a feature's model)
+        self.persist = persist and feature_store.root() is not None
+        self.pooling = pooling_of(model)
         self.model_key = None
-        if persist and feature_store.root() is not None:
-            self.model_key = feature_store.model_digest(self.backbone, self.task, pooling_of(model))
 
     def _inputs(self, dataset):
         """(indices, backbone inputs on the device, their labels) per batch; per-token labels lose the padding."""
@@ -95,6 +97,8 @@ class FeatureCache:
     def _compute(self, dataset) -> tuple[int, list]:
         start = len(next(iter(self.store.values()), []))
         labels, key = [None] * len(dataset), None
+        if self.persist and self.model_key is None:
+            self.model_key = feature_store.model_digest(self.backbone, self.task, self.pooling)
         if self.model_key is not None:  # the on-disk entry for exactly these inputs to exactly this backbone
             digest = feature_store.InputDigest(self.model_key)
             for idx, batch, batch_labels, _ in self._inputs(dataset):

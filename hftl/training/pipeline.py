@@ -14,6 +14,7 @@ from hftl.errors import HftlError
 from hftl.recipe import Recipe
 from hftl.recipe.training import trains
 from hftl.runs.hub import push_output_dir
+from hftl.training.features import overrides
 from hftl.training.faults import Interrupted, StopOnSignal, checkpoint_problem, last_good_checkpoint
 from hftl.training.finish import eval_scores, write_outputs
 from hftl.training.setup import Setup, setup
@@ -88,7 +89,11 @@ def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) 
             shutil.rmtree(out, ignore_errors=True)
         raise
     if trains(recipe.training):  # num_train_epochs: 0 scores the model as it is
-        trainer.train(resume_from_checkpoint=resume)
+        instead = [f for f in s.features if overrides(f, "train")]  # e.g. a head fitted in closed form
+        if instead:
+            instead[0].train(trainer)
+        else:
+            trainer.train(resume_from_checkpoint=resume)
     if stop.signum is not None:
         raise Interrupted(
             f"Training stopped by signal {stop.signum} at step {trainer.state.global_step}; checkpoint saved in "

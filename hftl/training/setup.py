@@ -105,6 +105,8 @@ def _setup_strategy(s: Setup) -> None:
     after it would undo the adapter's own init)."""
     if s.recipe.strategy.preset == "auto":
         s.recipe, s.decision = resolve(s.recipe, s.task, s.splits, s.processor, s.model)
+        have = {type(f) for f in s.features}  # the blocks the choice turned on (contrastive, head_fit)
+        s.features += [f for f in for_recipe(s.recipe, s.task) if type(f) not in have]
     apply_reinit(s.model, s.recipe.strategy)
     if s.recipe.peft is None:
         return
@@ -141,6 +143,7 @@ def _setup_datasets(s: Setup) -> None:
     s.inputs_vary = s.task.augmenting(s.recipe.data) or any(f.varies_inputs for f in s.features)
     for f in s.features:
         f.prepared(s)
+    s.plan.notes = [line for f in s.features for line in f.plan_lines()]
 
 
 def _setup_cache(s: Setup) -> None:

@@ -1,16 +1,18 @@
 """The optional training blocks, one module each, behind one protocol (base.py). A run's features are the ones its
-recipe uses, in this order (replay rows before the transfer set; the weight average copied in before forgetting is
-measured)."""
+recipe uses, in this order (replay rows before the transfer set; the previous run's Fisher before the body is tuned;
+the weight average copied in before forgetting is measured)."""
 
 from hftl.training.features.base import Feature, overrides
 from hftl.training.features.continual import Continual
+from hftl.training.features.contrastive import Contrastive
 from hftl.training.features.distillation import Distill
 from hftl.training.features.ema import Ema
+from hftl.training.features.head_fit import HeadFit
 from hftl.training.features.mixing import Regularization
 from hftl.training.features.tta import Tta
 from hftl.training.features.wise_ft import WiseFt
 
-FEATURES = (Continual, Distill, Regularization, Ema, Tta, WiseFt)
+FEATURES = (Continual, Distill, Contrastive, Regularization, Ema, Tta, WiseFt, HeadFit)
 
 __all__ = ["FEATURES", "Feature", "for_recipe", "overrides"]
 

@@ -64,6 +64,10 @@ class Feature:
         `s.device`): build the feature's own parts and check what only running the model shows. Writes nothing
         and stays cheap: hftl plan stops after this."""
 
+    def plan_lines(self) -> list[str]:
+        """Markdown lines heading the plan table (plan.md, `hftl plan`, the card): what runs besides the Trainer."""
+        return []
+
     def blocks_cache(self) -> str | None:
         """Why backbone features cannot be cached with this feature on (strategy.cache_features), or None."""
         return None
@@ -99,6 +103,10 @@ class Feature:
     def before_train(self, s, resume: str | None) -> None:
         """After setup, before the Trainer is built (never in hftl plan): what costs time or writes files happens
         here. `resume`: the checkpoint training resumes from, or None."""
+
+    def train(self, trainer) -> None:
+        """Train in place of `trainer.train()` (one feature at most implements this): e.g. a head fitted in closed
+        form. Log through `trainer.log` (a `train_runtime` entry too) so the curves and metrics see it."""
 
     def after_train(self, trainer) -> None:
         """Right after the last step, before the final metrics: make the weights the ones the run keeps."""
