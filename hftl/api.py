@@ -15,7 +15,7 @@ from hftl.errors import HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
 
 __all__ = ["HftlError", "Recipe", "RecipeError", "adapt", "evaluate", "export", "load_model",
-           "load_recipe", "lr_find", "plan", "predict", "train"]
+           "load_recipe", "lr_find", "plan", "predict", "sweep", "train"]
 
 
 def _recipe(recipe, overrides) -> Recipe:
@@ -35,6 +35,16 @@ def train(recipe: Recipe | str | dict, overrides: list[str] | None = None, callb
     from hftl.training.pipeline import train_once
 
     return train_once(recipe, callbacks)
+
+
+def sweep(recipe: Recipe | str | dict, space: str | Path, trials: int, overrides: list[str] | None = None, **kwargs):
+    """Search the keys in `space` (a YAML file: dotted keys -> Optuna distributions) over `trials` trials, each
+    scored on a held-out slice of the training split, then train the best values on the whole split. kwargs:
+    storage, study_name, timeout, jobs, val_fraction, pruner (an optuna pruner), final. -> SweepResult (study,
+    best_values, best_value, metric, best_recipe, final: the TrainResult of the best values)."""
+    from hftl.training.sweep import run_sweep
+
+    return run_sweep(recipe, space, trials, overrides=overrides, **kwargs)
 
 
 def plan(recipe: Recipe | str | dict, overrides: list[str] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""`hftl train|validate|plan|lr-find|adapt|predict|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
+"""`hftl train|validate|plan|lr-find|sweep|adapt|predict|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--end-lr", type=float, default=10.0)
     f.add_argument("--steps", type=int, default=100, help="optimizer steps (the test stops early when the loss diverges)")
     f.add_argument("--output", default="lr_find.png", help="the plot (its numbers go beside it as .json)")
+    w = sub.add_parser("sweep", help="search strategy and training keys with Optuna (resumable, many processes on one "
+                       "study), then train the best values")
+    w.add_argument("recipe", help="recipe YAML file")
+    w.add_argument("overrides", nargs="*", help="dotted.key=value overrides, typed like YAML")
+    w.add_argument("--space", required=True, help="YAML: dotted recipe keys -> {type: float|int|categorical, ...}")
+    w.add_argument("--trials", type=int, required=True, help="finished trials to reach (a re-run continues the study)")
+    w.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite in <output_dir>/sweep/)")
+    w.add_argument("--study-name", default=None, help="default: the output dir's name")
+    w.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    w.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (processes; one GPU each)")
+    w.add_argument("--val-fraction", type=float, default=0.2, help="share of the training split trials are scored on")
+    w.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs process: trials only
     a = sub.add_parser("adapt", help="self-training on unlabelled target data, starting from a finished run")
     a.add_argument("run_dir", help="the run trained on the labelled (source) data: round 0")
     a.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the run's recipe, typed like YAML")
@@ -119,6 +131,18 @@ def _run(args) -> int:
             [(run, metrics)] = result["members"].items()
             print(f"{run}: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             print(result["report"]["table"])
+        return 0
+    if args.command == "sweep":
+        result = hftl.sweep(args.recipe, args.space, args.trials, overrides=args.overrides, storage=args.storage,
+                            study_name=args.study_name, timeout=args.timeout, jobs=args.jobs,
+                            val_fraction=args.val_fraction, final=not args.worker, report=not args.worker)
+        if result.final is not None:
+            m = result.final.metrics
+            print(f"best of the sweep (eval_{result.metric} {result.best_value:.4f} on the held-out slice): "
+                  + ", ".join(f"{k}={v}" for k, v in result.best_values.items()))
+            print("trained on the whole training split: " + "  ".join(
+                f"{k}={v:.4f}" for k, v in m.items() if k.startswith("eval_") and isinstance(v, float)))
+            print(f"outputs in {result.final.output_dir} (the sweep in {result.final.output_dir / 'sweep'})")
         return 0
     if args.command == "export":
         print(hftl.export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune,

@@ -2,6 +2,6 @@
 
 from hftl.data.batches import Batch, batches
 from hftl.data.loading import load_raw
-from hftl.data.splits import Splits, join_rows, load_splits
+from hftl.data.splits import Splits, holdout, join_rows, load_splits
 
-__all__ = ["Batch", "Splits", "batches", "join_rows", "load_raw", "load_splits"]
+__all__ = ["Batch", "Splits", "batches", "holdout", "join_rows", "load_raw", "load_splits"]

@@ -74,3 +74,15 @@ def join_rows(train, rows, key: str):
         raise HftlError(f"Recipe key '{key}': its rows lack the training data's column(s) {', '.join(missing)} (they "
                         f"have {', '.join(rows.column_names)}); give data in the recipe's format.")
     return concatenate_datasets([train, rows.select_columns(train.column_names).cast(train.features)])
+
+
+def holdout(splits: Splits, fraction: float, seed: int) -> Splits:
+    """The training split cut in two, seeded and stratified by class where the labels are classes: the larger part
+    trains, the slice becomes the validation split (the data's own validation split is left out)."""
+    train = splits.train
+    stratify = "labels" if "labels" in train.column_names and isinstance(train.features["labels"], ClassLabel) else None
+    try:
+        parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=stratify)
+    except ValueError:  # a class too small to stratify
+        parts = train.train_test_split(test_size=fraction, seed=seed)
+    return Splits(parts["train"], parts["test"], splits.label_names)

@@ -69,6 +69,18 @@ def _section_fields(model_cls: type[BaseModel], path: list[str]) -> list[str]:
     return [f.alias or name for name, f in cls.model_fields.items()]
 
 
+def schema_problems(data: dict) -> list[str]:
+    """What the schema alone (keys, types, ranges: no rule across sections) says about a recipe dict."""
+    problems: list[str] = []
+    training = data.get("training") if isinstance(data.get("training"), dict) else {}
+    check_training_keys(training, problems)
+    try:
+        Recipe.model_validate({**data, "training": default_training(training, "run")})
+    except ValidationError as err:
+        problems += _format_validation_error(err, Recipe)
+    return problems
+
+
 def load_recipe(source: str | os.PathLike | dict | Recipe, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe. Raises `RecipeError` listing every problem found."""
     if isinstance(source, Recipe):

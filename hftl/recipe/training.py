@@ -17,10 +17,13 @@ from hftl.errors import did_you_mean, unknown_key
 from hftl.recipe.base import YAML11_BOOLS
 
 
-def _training_fields() -> dict[str, dataclasses.Field]:
+def training_fields() -> dict[str, dataclasses.Field]:
+    """TrainingArguments' init fields by name: the keys `training:` takes."""
     from transformers import TrainingArguments
 
     return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
 
 
 def _bool_words(training: dict) -> dict:
@@ -59,7 +62,7 @@ def default_training(data: dict, name: str) -> dict:
 
 
 def check_training_keys(training: dict, problems: list[str]) -> None:
-    fields = _training_fields()
+    fields = training_fields()
     for key in training:
         if key not in fields and key != "overwrite_output_dir":  # that one gets its own message below
             problems.append(unknown_key(key, "training", fields) + " (training: takes transformers.TrainingArguments names.)")
@@ -128,7 +131,7 @@ def check_training_values(training: dict) -> list[str]:
     """Let TrainingArguments itself judge the values (types, choices, combinations)."""
     from transformers import TrainingArguments
 
-    fields = _training_fields()
+    fields = training_fields()
     problems = []
     for key, value in training.items():
         field = fields.get(key)

@@ -67,15 +67,15 @@ def check_output_dir(recipe: Recipe, resuming: bool) -> None:
             "overwrite_output_dir: true, or resume with training.resume_from_checkpoint: true.")
 
 
-def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None) -> TrainResult:
+def train_once(recipe: Recipe, callbacks: list | None = None, extra_train=None, features: tuple = ()) -> TrainResult:
     """One training run (`hftl.train` without its multi-round blocks); `extra_train`: rows added to the training
-    split."""
+    split; `features`: a caller's own training blocks (training/features/base.py), before the recipe's."""
     resume = resume_path(recipe)
     check_output_dir(recipe, resume is not None)
     out = recipe.output_dir
     created = not out.exists()
     try:
-        s = setup(recipe, extra_train)
+        s = setup(recipe, extra_train, features)
         for f in s.features:
             f.before_train(s, resume)
         trainer = make_trainer(s)

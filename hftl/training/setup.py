@@ -59,13 +59,14 @@ class PseudoLabelled(Feature):
         s.splits.train = join_rows(s.splits.train, self.rows, "self_training.unlabeled")
 
 
-def setup(recipe: Recipe, extra_train=None) -> Setup:
+def setup(recipe: Recipe, extra_train=None, features: tuple = ()) -> Setup:
     """Build data, model and strategy; writes nothing. `extra_train`: rows added to the training split (load_splits'
-    form, a `labels` column of class ids: self-training's pseudo-labels)."""
+    form, a `labels` column of class ids: self-training's pseudo-labels). `features`: a caller's own, before the
+    recipe's (a sweep trial's held-out slice)."""
     set_seed(recipe.seed)
     task = get_task(recipe.task)
     extra = [PseudoLabelled(extra_train)] if extra_train is not None else []
-    s = Setup(recipe, task, for_recipe(recipe, task) + extra)
+    s = Setup(recipe, task, list(features) + for_recipe(recipe, task) + extra)
     _setup_data(s)
     _setup_model(s)
     _setup_strategy(s)
