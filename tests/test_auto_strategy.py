@@ -65,8 +65,12 @@ def test_advice_fits_the_task_and_says_how_sure_the_probe_is():
     assert "augment" not in text and "uncertain" not in text
     assert "feature extraction + augmentation" in " ".join(decide(far_images, 1e-4, 100, 10).lines())
     shaky = {**evidence(60, separability=0.45), "separability_spread": 0.1}
-    lines = " ".join(decide(shaky, 1e-4, 100, 10).lines())
+    d = decide(shaky, 1e-4, 100, 10)
+    lines = " ".join(d.lines())
     assert "uncertain" in lines and "0.45 ± 0.10" in lines
+    assert d.similarity == "high" and d.choice == "feature extraction"  # a coin flip does not move the choice
+    sure = {**evidence(60, separability=0.3), "separability_spread": 0.1}
+    assert decide(sure, 1e-4, 100, 10).choice == "full fine-tuning"
 
 
 def _model_and_data(image_recipe, resnet_dir):

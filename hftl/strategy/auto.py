@@ -231,8 +231,10 @@ def decide(evidence: dict, learning_rate: float, steps_per_epoch: int, depths: i
     size = "small" if m < SMALL else "medium" if m < MEDIUM else "large"
     reasons = [f"Size {size}: median {m:g} training examples per class (small < {SMALL}, medium < {MEDIUM}; seed 001)."]
     far = []
-    if e["separability"] < SEPARABLE:
-        far.append(f"the frozen features separate the classes poorly (separability {e['separability']:.2f} < {SEPARABLE})")
+    spread = e.get("separability_spread", 0.0)
+    if e["separability"] + spread < SEPARABLE:  # below the threshold by more than the folds disagree
+        far.append(f"the frozen features separate the classes poorly (separability {e['separability']:.2f} ± "
+                   f"{spread:.2f} < {SEPARABLE})")
     if e["bn_shift"] is not None and e["bn_shift"] > BN_FAR:
         far.append(f"the inputs are far from the backbone's BatchNorm statistics ({e['bn_shift']:.3f} > {BN_FAR})")
     if e["pieces_per_word"] is not None and e["pieces_per_word"] > PIECES_FAR:
@@ -241,10 +243,10 @@ def decide(evidence: dict, learning_rate: float, steps_per_epoch: int, depths: i
     reasons.append("Domain similarity low: " + "; ".join(far) + "." if far else
                    f"Domain similarity high: the frozen features separate the classes (separability "
                    f"{e['separability']:.2f} >= {SEPARABLE}) and the input statistics are close to the backbone's.")
-    spread = e.get("separability_spread", 0.0)
     if abs(e["separability"] - SEPARABLE) <= spread:
         reasons.append(f"The probe's verdict is uncertain: separability {e['separability']:.2f} ± {spread:.2f} over "
-                       f"its folds straddles {SEPARABLE} (more labelled rows would settle it).")
+                       f"its folds straddles {SEPARABLE}, so it does not count as a far domain (more labelled rows "
+                       "would settle it).")
     blocks = {}
     if m < FEWSHOT:
         choice = "contrastive body tuning + converged head"
