@@ -113,16 +113,16 @@ def fit_head(model, dataset, collator, c: float, batch_size: int = 64) -> dict:
 
     with torch.enable_grad():
         optimizer.step(objective)
-    state = optimizer.state[optimizer._params[0]]
+    iterations = optimizer.state[params[0]].get("n_iter", 0)
     for p in params:
         p.grad = None
+    with torch.no_grad():  # still in eval mode: one pass for the loss and the accuracy
+        scored = [(_logits(head(x)), y) for x, y in data]
     head.train(was_training)
-    with torch.no_grad():
-        ce = sum(F.cross_entropy(_logits(head.eval()(x)), y, reduction="sum") for x, y in data).item() / n
-        right = sum((_logits(head(x)).argmax(-1) == y).sum().item() for x, y in data)
-    head.train(was_training)
-    logger.info("head fitted by L-BFGS: %d iterations, cross-entropy %.4f", state.get("n_iter", 0), ce)
-    return {"iterations": int(state.get("n_iter", 0)), "loss": round(ce, 6), "train_accuracy": round(right / n, 4),
+    ce = sum(F.cross_entropy(z, y, reduction="sum").item() for z, y in scored) / n
+    right = sum((z.argmax(-1) == y).sum().item() for z, y in scored)
+    logger.info("head fitted by L-BFGS: %d iterations, cross-entropy %.4f", iterations, ce)
+    return {"iterations": int(iterations), "loss": round(ce, 6), "train_accuracy": round(right / n, 4),
             "examples": n}
 
 
