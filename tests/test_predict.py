@@ -163,3 +163,15 @@ def test_exported_folders_predict_like_the_run(text_run, text_csv):
                 assert x["scores"] == pytest.approx(y["scores"], abs=1e-4)
         else:
             assert sum(x["label"] == y["label"] for x, y in zip(rows, base)) >= 0.7 * len(base)
+
+
+def test_a_mean_pooled_run_loads_without_a_warning(text_recipe):
+    """`hftl predict` on a pooled run (config model_type hftl_pooled_bert) prints no "model of type" warning."""
+    from conftest import child_env
+
+    r = hftl.train(text_recipe(model={"pooling": "mean"}, training={"num_train_epochs": 1}))
+    cli = subprocess.run([sys.executable, "-m", "hftl.cli", "predict", str(r.output_dir), "good day"],
+                         capture_output=True, text=True, timeout=300, env=child_env())
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert json.loads(cli.stdout)["label"] in r.label_names
+    assert "to instantiate a model of type" not in cli.stderr

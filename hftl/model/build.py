@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hftl import zoo
 from hftl.errors import HftlError
-from hftl.model.pooling import apply_pooling
+from hftl.model.pooling import apply_pooling, needs_remote_code
 from hftl.zoo import assembled
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,17 @@ def load_processor(task, model_section, data, run_dir: str | None = None):
     """The checkpoint's own processor, as the task loads it; `run_dir`: the one a finished run saved."""
     path = run_dir or resolve_path(model_section)
     try:
+        if run_dir is not None and needs_remote_code(Path(run_dir)):
+            # AutoTokenizer reads config.json first: hftl_pooled_<base> is unknown without remote code, and its
+            # fallback warns about "a model of type ``". The tokenizer itself is the base's, saved beside it.
+            from transformers.utils import logging as hf_logging
+
+            before = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                return task.load_processor(model_section, path, data)
+            finally:
+                hf_logging.set_verbosity(before)
         return task.load_processor(model_section, path, data)
     except (OSError, ValueError) as e:
         if run_dir is not None:
