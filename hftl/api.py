@@ -84,6 +84,14 @@ def predict(run_dirs, inputs: list[str], top_k: int | None = None, batch_size: i
     return run(run_dirs, inputs, top_k=top_k, batch_size=batch_size, labels=labels)
 
 
+def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None = None, block: bool = True):
+    """A Gradio web app and HTTP API (`/predict`) for a run or an ensemble (see hftl/runs/serve.py). block=False
+    returns (app, url) while it serves; app.close() stops it."""
+    from hftl.runs.serve import serve as run
+
+    return run(run_dirs, host=host, port=port, top_k=top_k, block=block)
+
+
 def evaluate(run_dirs, data: str | Path | None = None, output: str | Path | None = None, batch_size: int = 32) -> dict:
     """Metrics, per-class table, confusion matrix and worst examples of a run or an ensemble."""
     from hftl.runs.evaluate import evaluate as run

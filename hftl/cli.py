@@ -1,4 +1,4 @@
-"""`hftl train|validate|plan|lr-find|sweep|adapt|predict|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
+"""`hftl train|validate|plan|lr-find|sweep|adapt|predict|serve|eval|export|push|cache`: the console script. Errors are one paragraph, exit code 1."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=int, default=None, help="scores of the k most likely labels (default: all up to 10)")
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--labels", default=None, help="zero-shot runs: other class names, comma-separated")
+    g = sub.add_parser("serve", help="a web app and HTTP API (/predict) for a run, or an ensemble of runs")
+    g.add_argument("run_dirs", nargs="+", help="one run dir, or several (their ensemble)")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    g.add_argument("--port", type=int, default=7860)
+    g.add_argument("--top-k", type=int, default=None, help="labels shown (default: up to 5)")
     v = sub.add_parser("eval", help="metrics, per-class table, confusion matrix and worst examples of a run")
     v.add_argument("run_dirs", nargs="+", help="one run dir, or several (each member and their ensemble)")
     v.add_argument("--data", default=None, help="labelled data file or folder (default: the run's validation split)")
@@ -121,6 +126,9 @@ def _run(args) -> int:
         return 0
     if args.command == "predict":
         return _predict(args)
+    if args.command == "serve":
+        hftl.serve(args.run_dirs, host=args.host, port=args.port, top_k=args.top_k)
+        return 0
     if args.command == "eval":
         from hftl.runs.evaluate import ensemble_table
 

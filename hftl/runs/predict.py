@@ -78,14 +78,14 @@ def check_members(runs: list[Run]) -> None:
                             f"with labels {first.label_names}, '{r.path}' is {r.task.name} with {r.label_names}.")
 
 
-def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
+def run_probabilities(run: Run, dataset, batch_size: int, model=None, processor=None) -> list:
     """The run's per-input probabilities (Task.probabilities) over its labels (`run.label_names`) on an input
     dataset (read_inputs' first part)."""
     import torch
     from tqdm.auto import tqdm
 
     model = model if model is not None else load_model(run.path)
-    processor = load_processor(run)
+    processor = processor if processor is not None else load_processor(run)
     data = run.recipe.data
     ds = run.task.prepare_inputs(dataset, processor, data)
     collate = run.task.prediction_collator(processor, data, run.label_names)
@@ -99,17 +99,70 @@ def run_probabilities(run: Run, dataset, batch_size: int, model=None) -> list:
     return out
 
 
-def generate(runs: list[Run], values: list, shown: list[str]) -> list[dict]:
-    """A text-writing run (causal-lm, seq2seq): {"input", "generated_text"} per prompt, decoded as the run's
-    generation block says (seeded sampling, or greedy at temperature 0)."""
-    run = runs[0]
-    if len(runs) > 1:
-        raise HftlError(f"Ensembles average class probabilities; task {run.task.name} writes text: predict with one "
-                        "run dir at a time.")
-    model = load_model(run.path)
-    generation = run.recipe.generation or GenerationSection()
-    completions = run.task.generate(model, load_processor(run), run.recipe.data, generation, values)
-    return [{"input": x, "generated_text": c} for x, c in zip(shown, completions)]
+class Predictor:
+    """Run dirs read once, their models and processors loaded on first use and kept: `hftl predict` calls it once,
+    `hftl serve` for every request (the same preprocessing, the same numbers). Several runs: an ensemble."""
+
+    def __init__(self, run_dirs: str | Path | list):
+        dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+        self.runs = [read_run(d) for d in dirs]
+        check_members(self.runs)
+        if self.task.generates and len(self.runs) > 1:
+            raise HftlError(f"Ensembles average class probabilities; task {self.task.name} writes text: use one run "
+                            "dir at a time.")
+        self._loaded = None
+
+    @property
+    def task(self):
+        return self.runs[0].task
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.runs[0].label_names
+
+    def load(self) -> list[tuple]:
+        """(model, processor) per run, loaded once (an adapter run's base too)."""
+        if self._loaded is None:
+            self._loaded = [(load_model(r.path), load_processor(r)) for r in self.runs]
+        return self._loaded
+
+    def with_labels(self, labels: list[str] | None) -> list[Run]:
+        """The runs, with other class names where the model reads them (zero-shot); refused for a fixed head."""
+        if not labels:
+            return self.runs
+        if not self.task.open_labels:
+            raise HftlError(f"--labels names the classes of a zero-shot run, whose model reads class names; task "
+                            f"{self.task.name} has a head for the labels it was trained on: {self.label_names}.")
+        return [replace(r, label_names=list(labels)) for r in self.runs]
+
+    def __call__(self, values: list, shown: list[str], top_k: int | None = None, batch_size: int = 32,
+                 labels: list[str] | None = None) -> list[dict]:
+        """One dict per input value (read_inputs' pairs, or what the web app hands over)."""
+        runs = self.with_labels(labels)
+        if self.task.generates:
+            return self._generate(values, shown)
+        import numpy as np
+        from datasets import Dataset
+
+        dataset = Dataset.from_dict({self.task.input_column(runs[0].recipe.data): values})
+        members = [run_probabilities(r, dataset, batch_size, model, processor)
+                   for r, (model, processor) in zip(runs, self.load())]
+        if len(runs) > 1:
+            logger.info("ensemble of %d runs (probabilities averaged): %s", len(runs),
+                        ", ".join(str(r.path) for r in runs))
+        names = runs[0].label_names
+        k = top_k if top_k is not None else (None if len(names) <= 10 else 5)
+        return [{"input": x, **self.task.prediction(np.mean([m[i] for m in members], axis=0), names, k)}
+                for i, x in enumerate(shown)]
+
+    def _generate(self, values: list, shown: list[str]) -> list[dict]:
+        """A text-writing run (causal-lm, seq2seq, image-text-to-text): {"input", "generated_text"} per prompt,
+        decoded as the run's generation block says (seeded sampling, or greedy at temperature 0)."""
+        run = self.runs[0]
+        model, processor = self.load()[0]
+        generation = run.recipe.generation or GenerationSection()
+        completions = run.task.generate(model, processor, run.recipe.data, generation, values)
+        return [{"input": x, "generated_text": c} for x, c in zip(shown, completions)]
 
 
 def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = None, batch_size: int = 32,
@@ -117,29 +170,7 @@ def predict(run_dirs: str | Path | list, inputs: list[str], top_k: int | None = 
     """One dict per input: {"input", "label", "score", "scores": {label: probability}} (NER: "tags", "scores"
     per word; causal-lm and seq2seq: "generated_text"). Several run dirs: the ensemble of their averaged probabilities.
     `labels`: other class names for a run whose model reads them (zero-shot)."""
-    import numpy as np
-
-    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    runs = [read_run(d) for d in dirs]
-    if labels:
-        if not all(r.task.open_labels for r in runs):
-            raise HftlError(f"--labels names the classes of a zero-shot run, whose model reads class names; task "
-                            f"{runs[0].task.name} has a head for the labels it was trained on: {runs[0].label_names}.")
-        runs = [replace(r, label_names=list(labels)) for r in runs]
-    check_members(runs)
-    values, shown = read_inputs(runs[0], list(inputs))
-    if runs[0].task.generates:
-        return generate(runs, values, shown)
-    from datasets import Dataset
-
-    dataset = Dataset.from_dict({runs[0].task.input_column(runs[0].recipe.data): values})
-    members = [run_probabilities(r, dataset, batch_size) for r in runs]
-    if len(runs) > 1:
-        logger.info("ensemble of %d runs (probabilities averaged): %s", len(runs), ", ".join(str(r.path) for r in runs))
-    names = runs[0].label_names
-    k = top_k if top_k is not None else (None if len(names) <= 10 else 5)
-    rows = []
-    for i, x in enumerate(shown):
-        probs = np.mean([m[i] for m in members], axis=0)
-        rows.append({"input": x, **runs[0].task.prediction(probs, names, k)})
-    return rows
+    predictor = Predictor(run_dirs)
+    predictor.with_labels(labels)  # a closed-label run refuses them before anything loads
+    values, shown = read_inputs(predictor.runs[0], list(inputs))
+    return predictor(values, shown, top_k, batch_size, labels)
