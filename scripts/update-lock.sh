@@ -24,7 +24,7 @@ EOF
 echo "newest allowed stack: $versions"
 report=$(mktemp)
 set +e
-HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HFTL_REQUIRE_ZOO=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HFTL_REQUIRE_ZOO=1 "$VENV/bin/python" -m pytest -q -n auto --maxprocesses 4 --dist worksteal -p no:cacheprovider \
   -o addopts="" -rfE --junitxml="$report" 2>&1 | tail -n 40
 status=${PIPESTATUS[0]}
 set -e
