@@ -187,10 +187,10 @@ def report(rows: dict) -> str:
             "this CPU for that one run), outside this 30-minute budget; the sweep's choice (full fine-tuning at 96 px, "
             "3 epochs, lr 2.9e-3) is the plain 96 px baseline's neighbour (0.871, results/quality_image.md).",
             "- The median pruner compares trials at the same optimizer step. With `num_train_epochs` in the space, a "
-            "long schedule is still in its warm-up (10% of its steps) at the first evaluation and scores low there: "
+            "long schedule is early in its course (within or just past its 10% warm-up) at the first evaluation and scores low there: "
             "27 of the 34 Fashion-MNIST trials were pruned, every one of more than 6 epochs among them. Spaces over "
-            "the schedule's length want a pruner with warm-up steps (`hftl.sweep(..., pruner=optuna.pruners."
-            "MedianPruner(n_warmup_steps=...))`) or none.",
+            "the schedule's length want `--pruner none` or a pruner with warm-up steps (`hftl.sweep(..., "
+            "pruner=optuna.pruners.MedianPruner(n_warmup_steps=...))`).",
             "- The feature cache serves every frozen-backbone trial after the first: the same objective values, "
             "2.5-2.7x less trial time; the final run trains on the whole split, a different set of rows, and "
             "computes its features again.", ""]

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     w.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (processes; one GPU each)")
     w.add_argument("--val-fraction", type=float, default=0.2, help="share of the training split trials are scored on")
+    w.add_argument("--pruner", choices=("median", "none"), default="median",
+                   help="median: stop a trial below the median of earlier ones at the same step; none: never (for "
+                        "spaces over the schedule's length, whose long runs are still warming up at first)")
     w.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs process: trials only
     a = sub.add_parser("adapt", help="self-training on unlabelled target data, starting from a finished run")
     a.add_argument("run_dir", help="the run trained on the labelled (source) data: round 0")
@@ -143,7 +146,8 @@ def _run(args) -> int:
     if args.command == "sweep":
         result = hftl.sweep(args.recipe, args.space, args.trials, overrides=args.overrides, storage=args.storage,
                             study_name=args.study_name, timeout=args.timeout, jobs=args.jobs,
-                            val_fraction=args.val_fraction, final=not args.worker, report=not args.worker)
+                            val_fraction=args.val_fraction, pruner=args.pruner, final=not args.worker,
+                            report=not args.worker)
         if result.final is not None:
             m = result.final.metrics
             print(f"best of the sweep (eval_{result.metric} {result.best_value:.4f} on the held-out slice): "

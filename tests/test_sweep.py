@@ -97,13 +97,16 @@ def test_a_second_process_joins_the_same_study(text_recipe, tmp_path):
     path.write_text(yaml.safe_dump(text_recipe(training={**FAST, "num_train_epochs": 4})))
     space = _space(tmp_path, "training.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")
     proc = subprocess.run([sys.executable, "-m", "hftl.cli", "sweep", str(path), "--space", str(space), "--trials", "6",
-                           "--jobs", "2"], capture_output=True, text=True, env=child_env(), timeout=600)
+                           "--jobs", "2", "--pruner", "none"], capture_output=True, text=True, env=child_env(),
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best of the sweep" in proc.stdout and proc.stderr.count("hftl sweep: trial") >= 6
     out = tmp_path / "out"
     study = optuna.load_study(study_name="out", storage=f"sqlite:///{out / 'sweep' / 'study.db'}")
-    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]  # the median pruner stops some
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert 6 <= len(done) <= 7 and len({t.user_attrs["pid"] for t in done}) == 2
+    assert all(t.state.name == "COMPLETE" for t in done)  # --pruner none reached the second process too
+    assert "NopPruner" in (out / "README.md").read_text()  # the card names how trials were stopped
 
 
 @pytest.mark.parametrize("space, args, message", [

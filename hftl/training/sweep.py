@@ -95,7 +95,8 @@ def write_reports(study, base: dict, dims, sweep_dir: Path, metric: str, fractio
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     chosen = ", ".join(f"{k}: {best.params[k]}" for k in best.params)
     lines = ["", "## How this run's values were chosen", "",
-             f"- `hftl sweep` (Optuna, TPE sampler, median pruner) over {', '.join(d.key for d in dims)}: "
+             f"- `hftl sweep` (Optuna, TPE sampler, {type(study.pruner).__name__}) over "
+             f"{', '.join(d.key for d in dims)}: "
              f"{len(study.trials)} trials ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}), each "
              f"trained on the training split minus a seeded, stratified {fraction:.0%} slice and scored on that slice "
              f"(eval_{metric}, {study.direction.name.lower()}d); the validation set was not seen until this run.",
@@ -123,8 +124,8 @@ def _workers(command: list[str], jobs: int) -> list[subprocess.Popen]:
 def run_sweep(recipe, space, trials: int, storage: str | None = None, study_name: str | None = None,
               timeout: float | None = None, jobs: int = 1, val_fraction: float = 0.2, overrides=None, pruner=None,
               final: bool = True, report: bool = True) -> SweepResult:
-    """See the module docstring. `final`: train the best values on the whole training split at the end; `report`:
-    write trials.csv, the plots and best_recipe.yaml."""
+    """See the module docstring. `pruner`: "median" (default), "none" or any Optuna pruner; `final`: train the best
+    values on the whole training split at the end; `report`: write trials.csv, the plots and best_recipe.yaml."""
     import optuna
 
     base_recipe = load_recipe(recipe, overrides)
@@ -135,6 +136,14 @@ def run_sweep(recipe, space, trials: int, storage: str | None = None, study_name
                           "training split the trials are scored on.")
     if jobs < 1:
         raise RecipeError(f"hftl sweep --jobs must be at least 1 (got {jobs}).")
+    named = pruner if isinstance(pruner, str) or pruner is None else None
+    if named not in (None, "median", "none"):
+        raise RecipeError(f"hftl sweep --pruner must be median or none (got {pruner!r}); from Python, any Optuna "
+                          "pruner.")
+    if named == "none":
+        pruner = optuna.pruners.NopPruner()
+    elif named == "median":
+        pruner = None  # open_study's default
     base = base_recipe.to_dict()
     dims = load_space(space, base)
     metric, direction = objective_of(base_recipe)
@@ -160,7 +169,8 @@ def run_sweep(recipe, space, trials: int, storage: str | None = None, study_name
         write_text(sweep_dir / "recipe.yaml", base_recipe.to_yaml())
         command = [sys.executable, "-m", "hftl.cli", "sweep", str(sweep_dir / "recipe.yaml"), "--space", str(space),
                    "--trials", str(trials), "--storage", storage, "--study-name", name,
-                   "--val-fraction", str(val_fraction)] + (["--timeout", str(timeout)] if timeout else [])
+                   "--val-fraction", str(val_fraction)] + (["--timeout", str(timeout)] if timeout else []) \
+            + (["--pruner", named] if named else [])
         procs = _workers(command, jobs)
     left = trials - finished(study)
     if left > 0:
