@@ -251,8 +251,15 @@ def test_a_person_in_a_browser_gets_hftl_predicts_label(text_recipe, image_recip
     assert (tmp_path / "image.png").stat().st_size > 10_000 and (tmp_path / "text.png").stat().st_size > 10_000
 
 
-def test_serve_needs_a_run_dir(tmp_path):
+def test_serve_needs_a_run_dir_and_a_free_port(tmp_path):
     from hftl.errors import HftlError
 
     with pytest.raises(HftlError, match="not an hftl output dir"):
-        hftl.serve(tmp_path, block=False)
+        hftl.serve(tmp_path, block=False, port=free_port())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(HftlError, match=f"cannot listen on 127.0.0.1:{port}.*--port") as err:
+            hftl.serve(tmp_path, block=False, port=port)
+    assert "\n" not in str(err.value)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 from hftl.errors import HftlError
@@ -188,6 +189,7 @@ def build_app(predictor: Predictor, top_k: int | None = None):
 def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None = None, block: bool = True):
     """Load the run(s) once and serve the app; returns (app, url). `block=False` returns while it serves (tests)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    _check_port(host, port)  # before minutes of model loading
     predictor = Predictor(run_dirs)
     predictor.load()
     app = build_app(predictor, top_k)
@@ -205,6 +207,15 @@ def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None
             signal.signal(signal.SIGTERM, previous)
             app.close()
     return app, url
+
+
+def _check_port(host: str, port: int) -> None:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise HftlError(f"hftl serve cannot listen on {host}:{port} ({e.strerror or e}): another program holds the "
+                        "port or the address is not this machine's; choose another with --port (or --host).") from None
 
 
 def _interrupt(signum, frame):
