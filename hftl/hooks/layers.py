@@ -97,6 +97,25 @@ def find_head(model: nn.Module) -> list[str]:
     return [n for n in children if n != name]
 
 
+def task_head(model: nn.Module) -> nn.Module | None:
+    """The head's first module, whose input is the features the head reads; None when no head is found."""
+    heads = find_head(model)
+    return unwrap(model).get_submodule(heads[0]) if heads else None
+
+
+def pooled_features(x, mask=None):
+    """One vector per example from a head's input: vectors as they are, token sequences mean-pooled (over `mask`,
+    the attention mask, where it fits), feature maps averaged over positions."""
+    if x.dim() == 3:
+        if mask is not None and mask.shape == x.shape[:2]:
+            m = mask.unsqueeze(-1).to(x.dtype)
+            return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return x.mean(1)
+    if x.dim() == 4:
+        return x.mean((2, 3))
+    return x.flatten(1)
+
+
 def find_backbone(task: nn.Module) -> tuple[str, nn.Module | None]:
     """(attribute, module) of the task model's backbone, or ("", None).
 

@@ -48,7 +48,7 @@ from torch import nn
 
 from hftl.data import Splits, batches
 from hftl.errors import HftlError
-from hftl.hooks import find_head, unwrap
+from hftl.hooks import pooled_features, task_head, unwrap
 from hftl.model import model_device
 from hftl.recipe import ContrastiveSection, StrategySection
 from hftl.recipe.checks import AUGMENT_TASKS
@@ -103,22 +103,12 @@ class Decision:
 
 
 def _first_head(model: nn.Module) -> nn.Module:
-    task = unwrap(model)
-    heads = find_head(model)
-    if not heads:
-        raise HftlError(f"Recipe key 'strategy.preset' is auto but no task head was found in {type(task).__name__} to "
-                        "probe its features; give the strategy explicitly (preset: feature_extraction | partial | full).")
-    return task.get_submodule(heads[0])
-
-
-def _pooled(x: torch.Tensor) -> torch.Tensor:
-    """What the head sees, one vector per example: sequences averaged over tokens, maps over positions."""
-    x = x.detach().float()
-    if x.dim() == 3:
-        return x.mean(1)
-    if x.dim() == 4:
-        return x.mean((2, 3))
-    return x.flatten(1)
+    head = task_head(model)
+    if head is None:
+        raise HftlError(f"Recipe key 'strategy.preset' is auto but no task head was found in "
+                        f"{type(unwrap(model)).__name__} to probe its features; give the strategy explicitly (preset: "
+                        "feature_extraction | partial | full).")
+    return head
 
 
 @torch.no_grad()
@@ -130,7 +120,7 @@ def _features(model: nn.Module, dataset, collator, batch_size: int = 32):
     moments = {id(m): [0.0, 0.0, 0] for m in bn}
 
     def grab(_module, args):
-        feats.append(_pooled(args[0]).cpu())
+        feats.append(pooled_features(args[0].detach().float()).cpu())
 
     def stats(module, args):
         x = args[0].detach().float().transpose(0, 1).reshape(args[0].shape[1], -1)

@@ -25,7 +25,7 @@ from torch import nn
 
 from hftl.data import batches
 from hftl.errors import HftlError
-from hftl.hooks import find_head, unwrap
+from hftl.hooks import pooled_features, task_head, unwrap
 from hftl.training.features.base import Feature
 
 logger = logging.getLogger("hftl")
@@ -69,23 +69,10 @@ def draw_batches(labels: list[int], num_iterations: int, batch_size: int, seed: 
 
 
 def head_module(model: nn.Module) -> nn.Module:
-    heads = find_head(model)
-    if not heads:
+    head = task_head(model)
+    if head is None:
         raise HftlError(f"Found no task head in {type(unwrap(model)).__name__} whose input to read embeddings from.")
-    return unwrap(model).get_submodule(heads[0])
-
-
-def embedding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """One vector per example from the head's input: vectors as they are, token sequences mean-pooled over their
-    mask, feature maps averaged over positions."""
-    if x.dim() == 3:
-        if mask is not None and mask.shape == x.shape[:2]:
-            m = mask.unsqueeze(-1).to(x.dtype)
-            return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return x.mean(1)
-    if x.dim() == 4:
-        return x.mean((2, 3))
-    return x.flatten(1)
+    return head
 
 
 class Contrastive(Feature):
@@ -226,7 +213,7 @@ def _step_loss(model, dataset, collator, step, section, loss_fn, seen, device):
     batch = next(batches(dataset.select(rows), collator, len(rows), device))
     seen.clear()
     model(**batch.inputs)
-    emb = embedding(seen[-1], batch.inputs.get("attention_mask"))
+    emb = pooled_features(seen[-1], batch.inputs.get("attention_mask"))
     if triplet:
         return loss_fn.compute_loss_from_embeddings([emb], batch.labels.to(emb.device))
     n = len(step)
