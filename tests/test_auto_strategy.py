@@ -56,6 +56,19 @@ def test_decide_follows_the_table(ev, choice):
         assert not d.blocks
 
 
+def test_augmented_training_keeps_the_trainers_head():
+    """A head fitted once on unaugmented features would drop data.augment: with augmentation, few-shot data takes the
+    size row of the table, and a frozen backbone's head is trained by the Trainer."""
+    few = decide({**evidence(20), "augmenting": True}, learning_rate=1e-4, steps_per_epoch=100, depths=10)
+    assert few.choice == "feature extraction" and not few.blocks
+    assert few.keys == {"freeze": "backbone", "freeze_batchnorm": True}  # no head_fit: the Trainer's
+    assert any("augments its inputs" in r for r in few.reasons)
+    far = decide({**evidence(20, bn_shift=BN_FAR + 0.1), "augmenting": True}, 1e-4, 100, 10)
+    assert far.choice == "full fine-tuning"
+    plain = decide({**evidence(20), "augmenting": False}, 1e-4, 100, 10)
+    assert plain.choice == FEW
+
+
 def test_advice_fits_the_task_and_says_how_sure_the_probe_is():
     """The seed's augmentation advice only where data.augment exists; a verdict within the probe's spread of the
     threshold is called uncertain."""
