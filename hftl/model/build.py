@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from hftl import zoo
@@ -64,24 +65,29 @@ def _check_architecture(task, auto, config, path: str) -> None:
 def load_processor(task, model_section, data, run_dir: str | None = None):
     """The checkpoint's own processor, as the task loads it; `run_dir`: the one a finished run saved."""
     path = run_dir or resolve_path(model_section)
+    # AutoTokenizer reads config.json first: a pooled run's hftl_pooled_<base> is unknown without remote code, and
+    # the fallback warns about "a model of type ``". The tokenizer itself is the base's, saved beside it.
+    pooled_run = run_dir is not None and needs_remote_code(Path(run_dir))
     try:
-        if run_dir is not None and needs_remote_code(Path(run_dir)):
-            # AutoTokenizer reads config.json first: hftl_pooled_<base> is unknown without remote code, and its
-            # fallback warns about "a model of type ``". The tokenizer itself is the base's, saved beside it.
-            from transformers.utils import logging as hf_logging
-
-            before = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
-            try:
-                return task.load_processor(model_section, path, data)
-            finally:
-                hf_logging.set_verbosity(before)
-        return task.load_processor(model_section, path, data)
+        with _transformers_errors_only() if pooled_run else nullcontext():
+            return task.load_processor(model_section, path, data)
     except (OSError, ValueError) as e:
         if run_dir is not None:
             raise HftlError(f"'{run_dir}' has no loadable processor files ({str(e).splitlines()[0] if str(e) else e}): "
                             "the run dir is incomplete.") from None
         raise _load_error(path, e) from None
+
+
+@contextmanager
+def _transformers_errors_only():
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
 
 
 def model_device(model):

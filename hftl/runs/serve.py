@@ -21,9 +21,6 @@ from hftl.errors import HftlError
 from hftl.runs.predict import Predictor
 
 logger = logging.getLogger("hftl")
-TEXT_IN = ("text-classification", "token-classification", "seq2seq")
-FILE_IN = {"image-classification": "image", "zero-shot-image-classification": "image",
-           "audio-classification": "audio"}
 CHAT = ("causal-lm", "image-text-to-text")
 
 
@@ -122,6 +119,7 @@ def build_app(predictor: Predictor, top_k: int | None = None):
     names = ", ".join(r.path.name for r in runs)
     title = f"hftl: {names}" + (f" (ensemble of {len(runs)})" if len(runs) > 1 else "")
     k = top_k or 5  # gr.Label's bars (the API returns the same ones)
+    kind = task.folder_files if task.folder_files in ("image", "audio") else None  # else texts (Task.literal)
 
     def classify(value, labels_text=None):
         if value is None or value == "":
@@ -129,7 +127,7 @@ def build_app(predictor: Predictor, top_k: int | None = None):
         labels = [x.strip() for x in labels_text.split(",") if x.strip()] if labels_text else None
         try:
             shown = str(value)
-            literal = task.literal(value) if task.name in TEXT_IN else value
+            literal = task.literal(value) if kind is None else value
             row = predictor([literal], [shown], labels=labels)[0]
         except HftlError as e:
             raise gr.Error(str(e)) from None
@@ -158,7 +156,6 @@ def build_app(predictor: Predictor, top_k: int | None = None):
                                      fill_height=False)
                 else:
                     inputs = []
-                    kind = FILE_IN.get(task.name)
                     if kind == "image":
                         inputs.append(gr.Image(type="filepath", label="Image", elem_id="hftl-input"))
                     elif kind == "audio":
@@ -196,8 +193,8 @@ def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None
     app.queue(default_concurrency_limit=1)  # one model, one request at a time
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                            ssr_mode=False, show_error=True, footer_links=["api"])
-    logger.warning("hftl serve: %s at %s (API: /predict; Ctrl-C stops it)", ", ".join(
-        str(Path(r.path)) for r in predictor.runs), url)
+    logger.warning("hftl serve: %s at %s (API: /predict; Ctrl-C stops it)",
+                   ", ".join(str(r.path) for r in predictor.runs), url)
     print(f"hftl serve: {url}", flush=True)
     if block:
         previous = signal.signal(signal.SIGTERM, _interrupt)
