@@ -6,7 +6,7 @@ from hftl.errors import HftlError, RecipeError
 
 __version__ = "0.1.0"
 __all__ = ["HftlError", "Recipe", "RecipeError", "TrainResult", "adapt", "evaluate", "export", "load_model",
-           "load_recipe", "lr_find", "plan", "predict", "serve", "sweep", "train"]
+           "load_recipe", "lr_find", "plan", "predict", "serve", "serve_app", "sweep", "train"]
 
 
 def __getattr__(name):

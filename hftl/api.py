@@ -15,7 +15,7 @@ from hftl.errors import HftlError, RecipeError
 from hftl.recipe import Recipe, load_recipe
 
 __all__ = ["HftlError", "Recipe", "RecipeError", "adapt", "evaluate", "export", "load_model",
-           "load_recipe", "lr_find", "plan", "predict", "sweep", "train"]
+           "load_recipe", "lr_find", "plan", "predict", "serve", "serve_app", "sweep", "train"]
 
 
 def _recipe(recipe, overrides) -> Recipe:
@@ -90,6 +90,13 @@ def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None
     from hftl.runs.serve import serve as run
 
     return run(run_dirs, host=host, port=port, top_k=top_k, block=block)
+
+
+def serve_app(run_dirs, top_k: int | None = None):
+    """The gr.Blocks app `serve` runs, models loaded, not launched: `.launch()` it yourself (a Space's app.py does)."""
+    from hftl.runs.serve import serve_app as build
+
+    return build(run_dirs, top_k=top_k)
 
 
 def evaluate(run_dirs, data: str | Path | None = None, output: str | Path | None = None, batch_size: int = 32) -> dict:

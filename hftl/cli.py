@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--upload", choices=("adapter", "merged", "both"), default="adapter")
     u.add_argument("--base-model", default=None, help="Hub id of the base model, when the run's base was a local folder")
     u.add_argument("--strict", action="store_true", help="refuse to push a run whose base model has no Hub id")
+    u.add_argument("--space", action="store_true", help="also push a Gradio Space that serves the model (hftl serve)")
+    u.add_argument("--space-id", default=None, help="the Space's user/name (implies --space; default: --repo-id)")
     return p
 
 
@@ -170,13 +172,21 @@ def _run(args) -> int:
             print(feature_store.info())
         return 0
     if args.command == "push":
+        from pydantic import ValidationError
+
         from hftl.recipe import HubSection
         from hftl.runs.hub import push_output_dir
 
-        hub = HubSection(push=True, repo_id=args.repo_id, private=args.private, revision=args.revision,
-                         commit_message=args.commit_message, upload=args.upload, base_model=args.base_model,
-                         strict=args.strict)
-        print(push_output_dir(args.output_dir, hub))
+        try:
+            hub = HubSection(push=True, repo_id=args.repo_id, private=args.private, revision=args.revision,
+                             commit_message=args.commit_message, upload=args.upload, base_model=args.base_model,
+                             strict=args.strict, space=args.space or args.space_id is not None, space_id=args.space_id)
+        except ValidationError as e:  # a flag's value the recipe key would refuse: the same paragraph
+            err = e.errors()[0]
+            key = ".".join(map(str, err["loc"]))
+            raise HftlError(f"hub.{key} (--{key.replace('_', '-')}): {err['msg'].removeprefix('Value error, ')} "
+                            f"(got {err['input']!r}).") from None
+        print("\n".join(push_output_dir(args.output_dir, hub)))
         return 0
     return 2
 

@@ -5,7 +5,9 @@ commit files (regular and LFS), create branches and download files, so push/pull
 against the real client with no network access. The server runs in the test process, the client in a
 subprocess: `huggingface_hub` reads `HF_ENDPOINT` at import time (see `client_env`).
 
-Only model repos are served. Repo ids must be namespaced (`user/name`).
+Model, dataset and Space repos are served, each type in its own namespace (a Space may share its id with a
+model), by the same routes: `/api/{models,datasets,spaces}/...` and `/{datasets/,spaces/,}{repo}/resolve/...`.
+Repo ids must be namespaced (`user/name`).
 """
 
 from __future__ import annotations
@@ -30,14 +32,28 @@ LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
+REPO_TYPES = ("model", "dataset", "space")
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+# Where the Hub's URLs name the repo type: `/api/{type}s/...` always; `/{type}s/{repo}...` except for models.
+_API_TYPE = r"(?P<type>models|datasets|spaces)"
+_URL_TYPE = r"(?:(?P<type>datasets|spaces)/)?"
 _API_REPO_RE = re.compile(
-    rf"^/api/models/{_REPO}(?:/(?P<action>preupload|commit|branch|revision|tree|refs|commits)(?:/(?P<rest>.*))?)?$"
+    rf"^/api/{_API_TYPE}/{_REPO}(?:/(?P<action>preupload|commit|branch|revision|tree|refs|commits)(?:/(?P<rest>.*))?)?$"
 )
-_LFS_BATCH_RE = re.compile(rf"^/{_REPO}\.git/info/lfs/objects/batch$")
-_LFS_VERIFY_RE = re.compile(rf"^/{_REPO}\.git/info/lfs/objects/verify$")
-_LFS_UPLOAD_RE = re.compile(rf"^/__lfs_upload__/{_REPO}/(?P<oid>[0-9a-f]{{64}})$")
-_RESOLVE_RE = re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_LFS_BATCH_RE = re.compile(rf"^/{_URL_TYPE}{_REPO}\.git/info/lfs/objects/batch$")
+_LFS_VERIFY_RE = re.compile(rf"^/{_URL_TYPE}{_REPO}\.git/info/lfs/objects/verify$")
+_LFS_UPLOAD_RE = re.compile(rf"^/__lfs_upload__/(?P<type>model|dataset|space)/{_REPO}/(?P<oid>[0-9a-f]{{64}})$")
+_RESOLVE_RE = re.compile(rf"^/{_URL_TYPE}{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+
+
+def repo_type_of(match: re.Match) -> str:
+    """'model', 'dataset' or 'space' from a route's `type` group (plural or singular; absent: a model)."""
+    return (match["type"] or "model").removesuffix("s")
+
+
+def url_prefix(repo_type: str) -> str:
+    """The path before a repo id in the Hub's web and git URLs: '' for models, 'spaces/' for Spaces."""
+    return "" if repo_type == "model" else f"{repo_type}s/"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -73,6 +89,8 @@ class Repo:
     repo_id: str
     owner: str
     private: bool = False
+    repo_type: str = "model"
+    sdk: str | None = None  # a Space's SDK (gradio, docker, ...), as create_repo sent it
     created_at: str = field(default_factory=_now)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)
     history: list[Commit] = field(default_factory=list)  # every commit, all branches, in push order
@@ -134,7 +152,9 @@ class HubServer:
         self.token = token
         self.user = user
         self.orgs = tuple(orgs)
-        self.repos: dict[str, Repo] = {}
+        self.repos: dict[str, Repo] = {}  # model repos
+        self.datasets: dict[str, Repo] = {}
+        self.spaces: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path without query string)
         self.unhandled: list[tuple[str, str]] = []  # requests that matched no route: a gap in this server
         self.errors: list[str] = []  # tracebacks of server-side crashes (replied as 500)
@@ -179,15 +199,22 @@ class HubServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def create_repo(self, repo_id: str, private: bool = False, owner: str | None = None) -> Repo:
+    def store(self, repo_type: str) -> dict[str, Repo]:
+        """The repos of one type: `repos` (models), `datasets` or `spaces`."""
+        return {"model": self.repos, "dataset": self.datasets, "space": self.spaces}[repo_type]
+
+    def create_repo(self, repo_id: str, private: bool = False, owner: str | None = None, repo_type: str = "model",
+                    sdk: str | None = None) -> Repo:
         """Seed a repo directly (no HTTP)."""
         with self._lock:
-            return self._new_repo(repo_id, owner=owner or repo_id.split("/")[0], private=private)
+            return self._new_repo(repo_id, owner=owner or repo_id.split("/")[0], private=private,
+                                  repo_type=repo_type, sdk=sdk)
 
-    def add_commit(self, repo_id: str, files: dict[str, bytes], message: str = "seed", branch: str = "main") -> str:
+    def add_commit(self, repo_id: str, files: dict[str, bytes], message: str = "seed", branch: str = "main",
+                   repo_type: str = "model") -> str:
         """Seed files directly (no HTTP), stored as an upload would store them (LFS for weights); returns the oid."""
         with self._lock:
-            repo = self.repos[repo_id]
+            repo = self.store(repo_type)[repo_id]
             head = repo.resolve(branch)
             lfs_paths = set(head.lfs_paths) - set(files)
             for path, data in files.items():
@@ -198,12 +225,16 @@ class HubServer:
 
     # Storage -----------------------------------------------------------------------------------------
 
-    def _new_repo(self, repo_id: str, owner: str, private: bool) -> Repo:
-        repo = Repo(repo_id=repo_id, owner=owner, private=private)
+    def _new_repo(self, repo_id: str, owner: str, private: bool, repo_type: str = "model",
+                  sdk: str | None = None) -> Repo:
+        repo = Repo(repo_id=repo_id, owner=owner, private=private, repo_type=repo_type, sdk=sdk)
         # The real Hub creates repos with one commit, so `main` always resolves to a sha.
         self._add_commit(repo, "main", "initial commit", "", {}, frozenset())
-        self.repos[repo_id] = repo
+        self.store(repo_type)[repo_id] = repo
         return repo
+
+    def repo_url(self, repo: Repo) -> str:
+        return f"{self.url}/{url_prefix(repo.repo_type)}{repo.repo_id}"
 
     def _add_commit(self, repo, branch, message, description, files, lfs_paths) -> Commit:
         self._counter += 1
@@ -237,7 +268,8 @@ class HubServer:
             entry["oid"] = git_blob_sha1(content)
         return entry
 
-    def _model_info(self, repo: Repo, commit: Commit) -> dict:
+    def _repo_info(self, repo: Repo, commit: Commit) -> dict:
+        """`GET /api/{models,datasets,spaces}/{repo}`: ModelInfo's fields (a Space's add its sdk)."""
         siblings = []
         for path in sorted(commit.files):
             entry = self._entry(path, commit)
@@ -246,10 +278,9 @@ class HubServer:
                 lfs = entry["lfs"]
                 sibling["lfs"] = {"size": lfs["size"], "sha256": lfs["oid"], "pointerSize": lfs["pointerSize"]}
             siblings.append(sibling)
-        return {
-            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+        info = {
+            "_id": hashlib.sha1(f"{repo.repo_type}/{repo.repo_id}".encode()).hexdigest()[:24],
             "id": repo.repo_id,
-            "modelId": repo.repo_id,
             "author": repo.owner,
             "sha": commit.oid,
             "lastModified": commit.date,
@@ -264,6 +295,11 @@ class HubServer:
             "spaces": [],
             "usedStorage": sum(len(c) for c in commit.files.values()),
         }
+        if repo.repo_type == "model":
+            info["modelId"] = repo.repo_id
+        if repo.repo_type == "space":
+            info["sdk"] = repo.sdk
+        return info
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -357,21 +393,21 @@ class _Handler(BaseHTTPRequestHandler):
         if self._auth() != "valid":
             raise HubError(401, INVALID_CREDENTIALS)
 
-    def _readable_repo(self, repo_id: str) -> Repo:
+    def _readable_repo(self, repo_type: str, repo_id: str) -> Repo:
         # A wrong token is refused everywhere, as on the real Hub; no token only hides private repos.
         auth = self._auth()
         if auth == "invalid":
             raise HubError(401, INVALID_CREDENTIALS)
-        repo = self.hub.repos.get(repo_id)
+        repo = self.hub.store(repo_type).get(repo_id)
         if repo is None:
             raise HubError(404, "Repository not found", code="RepoNotFound")
         if repo.private and (auth != "valid" or repo.owner not in (self.hub.user, *self.hub.orgs)):
             raise HubError(401 if auth == "missing" else 404, "Repository not found", code="RepoNotFound")
         return repo
 
-    def _writable_repo(self, repo_id: str) -> Repo:
+    def _writable_repo(self, repo_type: str, repo_id: str) -> Repo:
         self._require_token()
-        repo = self._readable_repo(repo_id)
+        repo = self._readable_repo(repo_type, repo_id)
         if repo.owner not in (self.hub.user, *self.hub.orgs):
             raise HubError(403, f"You don't have the rights to write to {repo_id}: it belongs to {repo.owner}")
         return repo
@@ -395,11 +431,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/validate-yaml" and method == "POST":
             return self._json(200, {"errors": [], "warnings": []})
         if m := _API_REPO_RE.match(path):
-            repo_id, action = unquote(m["repo"]), m["action"]
+            repo_type, repo_id, action = repo_type_of(m), unquote(m["repo"]), m["action"]
             rest = [unquote(part) for part in m["rest"].split("/")] if m["rest"] else []
             handler = {
-                ("GET", None): self._model_info_route,
-                ("GET", "revision"): self._model_info_route,
+                ("GET", None): self._repo_info_route,
+                ("GET", "revision"): self._repo_info_route,
                 ("GET", "tree"): self._tree,
                 ("GET", "refs"): self._refs,
                 ("GET", "commits"): self._list_commits,
@@ -408,15 +444,15 @@ class _Handler(BaseHTTPRequestHandler):
                 ("POST", "branch"): self._create_branch,
             }.get((method, action))
             if handler is not None:
-                return handler(repo_id, rest, query, body)
+                return handler(repo_type, repo_id, rest, query, body)
         if (m := _LFS_BATCH_RE.match(path)) and method == "POST":
-            return self._lfs_batch(unquote(m["repo"]), json.loads(body or b"{}"))
+            return self._lfs_batch(repo_type_of(m), unquote(m["repo"]), json.loads(body or b"{}"))
         if (m := _LFS_UPLOAD_RE.match(path)) and method == "PUT":
-            return self._lfs_upload(unquote(m["repo"]), m["oid"], query, body)
+            return self._lfs_upload(repo_type_of(m), unquote(m["repo"]), m["oid"], query, body)
         if (m := _LFS_VERIFY_RE.match(path)) and method == "POST":
-            return self._lfs_verify(unquote(m["repo"]), json.loads(body or b"{}"))
+            return self._lfs_verify(repo_type_of(m), unquote(m["repo"]), json.loads(body or b"{}"))
         if (m := _RESOLVE_RE.match(path)) and method in ("GET", "HEAD"):
-            return self._resolve(unquote(m["repo"]), unquote(m["rev"]), unquote(m["path"]))
+            return self._resolve(repo_type_of(m), unquote(m["repo"]), unquote(m["rev"]), unquote(m["path"]))
         with self.hub._lock:
             self.hub.unhandled.append((method, path))
         raise HubError(404, f"Not found: the test hub has no route for {method} {path}")
@@ -442,36 +478,42 @@ class _Handler(BaseHTTPRequestHandler):
     def _create_repo(self, payload: dict):
         self._require_token()
         hub = self.hub
-        if payload.get("type", "model") not in (None, "model"):
-            raise HubError(400, "The test hub only serves model repos")
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_TYPES:
+            raise HubError(400, f"Invalid repo type {repo_type!r}")
+        if repo_type == "space" and payload.get("sdk") not in ("gradio", "streamlit", "docker", "static"):
+            raise HubError(400, "A Space needs an sdk: gradio, streamlit, docker or static")
         namespace = payload.get("organization") or hub.user
         repo_id = f"{namespace}/{payload['name']}"
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
+        url = f"{hub.url}/{url_prefix(repo_type)}{repo_id}"
         with hub._lock:
-            if repo_id in hub.repos:
+            if repo_id in hub.store(repo_type):
                 # `create_repo(exist_ok=True)` reads `url` from this 409 reply.
-                raise HubError(409, "You already created this model repo", url=f"{hub.url}/{repo_id}")
+                raise HubError(409, f"You already created this {repo_type} repo", url=url)
             if namespace not in (hub.user, *hub.orgs):
-                raise HubError(403, f"You don't have the rights to create a model under the namespace {namespace}")
-            hub._new_repo(repo_id, owner=namespace, private=private)
-        self._json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+                raise HubError(403, f"You don't have the rights to create a {repo_type} under the namespace "
+                                    f"{namespace}")
+            hub._new_repo(repo_id, owner=namespace, private=private, repo_type=repo_type, sdk=payload.get("sdk"))
+        self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _delete_repo(self, payload: dict):
         self._require_token()
+        repo_type = payload.get("type") or "model"
         repo_id = f"{payload.get('organization') or self.hub.user}/{payload['name']}"
         with self.hub._lock:
-            self._writable_repo(repo_id)
-            del self.hub.repos[repo_id]
+            self._writable_repo(repo_type, repo_id)
+            del self.hub.store(repo_type)[repo_id]
         self._json(200, {})
 
-    def _model_info_route(self, repo_id, rest, query, body):
-        repo = self._readable_repo(repo_id)
+    def _repo_info_route(self, repo_type, repo_id, rest, query, body):
+        repo = self._readable_repo(repo_type, repo_id)
         with self.hub._lock:
             commit = self._commit_at(repo, "/".join(rest) or "main")
-            self._json(200, self.hub._model_info(repo, commit))
+            self._json(200, self.hub._repo_info(repo, commit))
 
-    def _tree(self, repo_id, rest, query, body):
-        repo = self._readable_repo(repo_id)
+    def _tree(self, repo_type, repo_id, rest, query, body):
+        repo = self._readable_repo(repo_type, repo_id)
         if not rest:
             raise HubError(404, "Missing revision")
         # The client quotes the revision and the folder path with safe="", so each is one segment.
@@ -499,16 +541,16 @@ class _Handler(BaseHTTPRequestHandler):
                 entries.append({"type": "directory", "path": sub, "size": 0, "oid": oid})
         self._json(200, entries)
 
-    def _refs(self, repo_id, rest, query, body):
-        repo = self._readable_repo(repo_id)
+    def _refs(self, repo_type, repo_id, rest, query, body):
+        repo = self._readable_repo(repo_type, repo_id)
         with self.hub._lock:
             branches = [
                 {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid} for name, oid in repo.refs.items()
             ]
         self._json(200, {"branches": branches, "converts": [], "tags": [], "pullRequests": []})
 
-    def _list_commits(self, repo_id, rest, query, body):
-        repo = self._readable_repo(repo_id)
+    def _list_commits(self, repo_type, repo_id, rest, query, body):
+        repo = self._readable_repo(repo_type, repo_id)
         with self.hub._lock:
             commit = self._commit_at(repo, "/".join(rest) or "main")
             items = []
@@ -525,8 +567,8 @@ class _Handler(BaseHTTPRequestHandler):
                 commit = repo.commit_by_oid(commit.parent) if commit.parent else None
         self._json(200, items)
 
-    def _preupload(self, repo_id, rest, query, body):
-        repo = self._writable_repo(repo_id)
+    def _preupload(self, repo_type, repo_id, rest, query, body):
+        repo = self._writable_repo(repo_type, repo_id)
         payload = json.loads(body or b"{}")
         with self.hub._lock:
             commit = repo.resolve("/".join(rest) or "main")
@@ -545,8 +587,9 @@ class _Handler(BaseHTTPRequestHandler):
                 files.append(info)
         self._json(200, {"files": files, "commitOid": commit.oid if commit else None})
 
-    def _lfs_batch(self, repo_id: str, payload: dict):
-        repo = self._writable_repo(repo_id)
+    def _lfs_batch(self, repo_type: str, repo_id: str, payload: dict):
+        repo = self._writable_repo(repo_type, repo_id)
+        base = self.hub.repo_url(repo)
         if payload.get("operation") != "upload":
             raise HubError(400, "The test hub only supports LFS uploads")
         objects = []
@@ -558,35 +601,36 @@ class _Handler(BaseHTTPRequestHandler):
                     # No "header"/"chunk_size": the client then does a single PUT ("basic" transfer).
                     entry["actions"] = {
                         "upload": {
-                            "href": f"{self.hub.url}/__lfs_upload__/{repo_id}/{oid}?secret={self.hub._upload_secret}",
+                            "href": f"{self.hub.url}/__lfs_upload__/{repo_type}/{repo_id}/{oid}"
+                                    f"?secret={self.hub._upload_secret}",
                         },
-                        "verify": {"href": f"{self.hub.url}/{repo_id}.git/info/lfs/objects/verify"},
+                        "verify": {"href": f"{base}.git/info/lfs/objects/verify"},
                     }
                 objects.append(entry)
         body = json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}).encode()
         self._send(200, body, content_type="application/vnd.git-lfs+json")
 
-    def _lfs_upload(self, repo_id: str, oid: str, query: dict, body: bytes):
+    def _lfs_upload(self, repo_type: str, repo_id: str, oid: str, query: dict, body: bytes):
         if not secrets.compare_digest(query.get("secret", [""])[0], self.hub._upload_secret):
             raise HubError(403, "Invalid upload signature")
         if hashlib.sha256(body).hexdigest() != oid:
             raise HubError(400, "Uploaded content does not match its sha256 oid")
         with self.hub._lock:
-            repo = self.hub.repos.get(repo_id)
+            repo = self.hub.store(repo_type).get(repo_id)
             if repo is None:
                 raise HubError(404, "Repository not found", code="RepoNotFound")
             repo.lfs_objects[oid] = body
         self._send(200, headers={"ETag": f'"{hashlib.md5(body).hexdigest()}"'})
 
-    def _lfs_verify(self, repo_id: str, payload: dict):
-        repo = self._writable_repo(repo_id)
+    def _lfs_verify(self, repo_type: str, repo_id: str, payload: dict):
+        repo = self._writable_repo(repo_type, repo_id)
         data = repo.lfs_objects.get(payload.get("oid"))
         if data is None or len(data) != int(payload.get("size", -1)):
             raise HubError(404, f"LFS object {payload.get('oid')} was not uploaded")
         self._json(200, {"success": True})
 
-    def _commit(self, repo_id, rest, query, body):
-        repo = self._writable_repo(repo_id)
+    def _commit(self, repo_type, repo_id, rest, query, body):
+        repo = self._writable_repo(repo_type, repo_id)
         if query.get("create_pr", ["0"])[0] not in ("0", ""):
             raise HubError(400, "The test hub does not support pull requests (create_pr)")
         branch = "/".join(rest) or "main"
@@ -639,13 +683,13 @@ class _Handler(BaseHTTPRequestHandler):
             {
                 "success": True,
                 "commitOid": commit.oid,
-                "commitUrl": f"{self.hub.url}/{repo_id}/commit/{commit.oid}",
+                "commitUrl": f"{self.hub.repo_url(repo)}/commit/{commit.oid}",
                 "pullRequestUrl": None,
             },
         )
 
-    def _create_branch(self, repo_id, rest, query, body):
-        repo = self._writable_repo(repo_id)
+    def _create_branch(self, repo_type, repo_id, rest, query, body):
+        repo = self._writable_repo(repo_type, repo_id)
         branch = "/".join(rest)
         start = json.loads(body or b"{}").get("startingPoint") or "main"
         with self.hub._lock:
@@ -654,8 +698,8 @@ class _Handler(BaseHTTPRequestHandler):
             repo.refs[branch] = self._commit_at(repo, start).oid
         self._json(200, {})
 
-    def _resolve(self, repo_id: str, revision: str, path: str):
-        repo = self._readable_repo(repo_id)
+    def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str):
+        repo = self._readable_repo(repo_type, repo_id)
         with self.hub._lock:
             commit = self._commit_at(repo, revision)
             if path not in commit.files:

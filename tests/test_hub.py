@@ -381,3 +381,149 @@ def test_zoo_based_adapter_names_the_zoo_models_hub_id(tmp_path):
         assert json.loads(repo.files["adapter_config.json"])["base_model_name_or_path"] == hub_id
         assert f"\nbase_model: {hub_id}\n" in repo.files["README.md"].decode()
         _no_local_path(repo, Path(result.model.base_model.model.name_or_path), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ a Space with the model
+
+SPACE_APP = """
+import runpy
+import socket
+
+from gradio_client import Client
+from huggingface_hub import snapshot_download
+
+# The Space as the Hub serves it, run as the Space runs app.py, except for its launch (a free port here).
+space = snapshot_download(ARGS["space_id"], repo_type="space", local_dir=ARGS["dir"])
+demo = runpy.run_path(space + "/app.py", run_name="space_app")["demo"]
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+_, url, _ = demo.launch(server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+try:
+    client = Client(url, verbose=False)
+    shown = [client.predict(text, api_name="/predict") for text in ARGS["sentences"]]
+finally:
+    demo.close()
+print(json.dumps({"title": demo.title, "shown": [{c["label"]: c["confidence"] for c in s["confidences"]}
+                                                 for s in shown]}))
+"""
+
+TRAIN_AND_PREDICT = """
+import hftl
+
+result = hftl.train(ARGS["recipe"])
+rows = hftl.predict(result.output_dir, ARGS["sentences"])
+print(json.dumps({"push_error": result.push_error, "scores": [r["scores"] for r in rows]}))
+"""
+
+
+def _space_card(repo) -> tuple[dict, str]:
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard(repo.files["README.md"].decode())
+    return card.data.to_dict(), card.text
+
+
+def _check_space(repo, model_id: str, private: bool) -> None:
+    """The Space: app.py serving `model_id` with hftl, requirements pinning this hftl, front matter for Gradio."""
+    import importlib.metadata
+
+    assert set(repo.files) == {"app.py", "requirements.txt", "README.md"}
+    assert (repo.sdk, repo.private) == ("gradio", private)
+    data, text = _space_card(repo)
+    assert data["sdk"] == "gradio" and data["app_file"] == "app.py" and data["models"] == [model_id]
+    assert data["sdk_version"] == importlib.metadata.version("gradio") and data["title"]
+    assert ("HF_TOKEN" in text) == private
+    app = repo.files["app.py"].decode()
+    assert f"MODEL = {model_id!r}" in app and 'token=os.environ.get("HF_TOKEN")' in app
+    assert "demo = hftl.serve_app(run_dir)" in app
+    requirements = repo.files["requirements.txt"].decode().splitlines()
+    assert f"hftl[serve]=={importlib.metadata.version('hftl')}" in requirements
+    assert f"transformers=={importlib.metadata.version('transformers')}" in requirements
+
+
+def _same_scores(shown: list[dict], expected: list[dict], tol: float) -> None:
+    for got, want in zip(shown, expected, strict=True):
+        assert max(got, key=got.get) == max(want, key=want.get)
+        assert got == pytest.approx(want, abs=tol)
+
+
+def test_cli_push_merged_with_space_serves_the_run(output_dir, tmp_path):
+    """`hftl push --upload merged --space`: the model repo is an hftl run (recipe and labels go with the merged
+    model), and the Space's app.py, run against it, predicts what `hftl predict` does on the original run."""
+    import hftl
+
+    expected = [r["scores"] for r in hftl.predict(output_dir, SENTENCES)]
+    with HubServer(token=TOKEN) as hub:
+        proc = cli_push(hub, tmp_path, output_dir, "alice/merged-demo", "--upload", "merged", "--space")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.split() == [f"{hub.url}/alice/merged-demo", f"{hub.url}/spaces/alice/merged-demo"]
+        model = hub.repos["alice/merged-demo"]
+        assert {"config.json", "model.safetensors", "recipe.yaml", "labels.json"} <= set(model.files)
+        assert model.commits == hub.spaces["alice/merged-demo"].commits == ["initial commit", "Upload with hftl"]
+        _check_space(hub.spaces["alice/merged-demo"], "alice/merged-demo", private=True)
+        assert "peft==" not in hub.spaces["alice/merged-demo"].files["requirements.txt"].decode()  # no adapter
+        out = run_script(hub, tmp_path, "space", SPACE_APP, {"space_id": "alice/merged-demo", "sentences": SENTENCES,
+                                                              "dir": str(tmp_path / "space")})
+    assert out["title"] == "hftl: merged-demo"  # the model's name, not a cache folder's hash
+    _same_scores(out["shown"], expected, 1e-4)  # merged weights against base + adapter: float rounding only
+
+
+def test_recipe_hub_space_pushes_an_adapter_space(text_recipe, bert_dir, tmp_path):
+    """hub.space: true at the end of `hftl.train`: an adapter run on a base named by Hub id; the Space downloads
+    the adapter, hftl rebuilds the base from the Hub, and the page gives what `hftl predict` gave after training."""
+    recipe = text_recipe(model={"model_name_or_path": "alice/tiny-bert"}, training=FAST, data=SMALL,
+                         peft={"method": "lora"},
+                         hub={"push": True, "repo_id": "alice/tiny-lora", "space": True, "space_id": "alice/lora-demo"})
+    with HubServer(token=TOKEN) as hub:
+        hub.create_repo("alice/tiny-bert")
+        hub.add_commit("alice/tiny-bert", {p.name: p.read_bytes() for p in bert_dir.iterdir() if p.is_file()})
+        trained = run_script(hub, tmp_path, "train", TRAIN_AND_PREDICT, {"recipe": recipe, "sentences": SENTENCES})
+        assert trained["push_error"] is None
+        assert "adapter_config.json" in hub.repos["alice/tiny-lora"].files and "alice/tiny-lora" not in hub.spaces
+        space = hub.spaces["alice/lora-demo"]
+        _check_space(space, "alice/tiny-lora", private=True)
+        assert any(line.startswith("peft==") for line in space.files["requirements.txt"].decode().splitlines())
+        out = run_script(hub, tmp_path, "space", SPACE_APP, {"space_id": "alice/lora-demo", "sentences": SENTENCES,
+                                                              "dir": str(tmp_path / "space")})
+    _same_scores(out["shown"], trained["scores"], 1e-6)
+
+
+def test_space_of_an_adapter_on_a_local_base_is_refused(output_dir, tmp_path):
+    with HubServer(token=TOKEN) as hub:
+        proc = cli_push(hub, tmp_path, output_dir, "alice/local-demo", "--space")
+        assert hub.repos == {} and hub.spaces == {}  # refused before any upload
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    msg = proc.stderr.split("hftl: error: ")[1]
+    assert len(msg.strip().splitlines()) == 1
+    assert msg.startswith("hub.space (--space)") and "a folder on this machine" in msg and "--upload merged" in msg
+    assert "Nothing was uploaded" in msg
+
+
+def test_space_push_errors_name_the_key(output_dir, tmp_path):
+    with HubServer(token=TOKEN) as hub:
+        hub.create_repo("bob/demo", owner="bob", repo_type="space", sdk="gradio")
+        bad = cli_push(hub, tmp_path, output_dir, "alice/x", "--upload", "merged", "--space-id", "demo")
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr and hub.requests == []
+        assert "hub.space_id (--space-id): must be the Space's Hub id, 'user/name'" in bad.stderr
+        assert "(got 'demo')" in bad.stderr
+
+        taken = cli_push(hub, tmp_path, output_dir, "alice/x", "--upload", "merged", "--space-id", "bob/demo")
+        assert hub.spaces["bob/demo"].commits == ["initial commit"]
+        assert "config.json" in hub.repos["alice/x"].files  # the model went up first
+    assert taken.returncode == 1 and "Traceback" not in taken.stderr
+    msg = taken.stderr.split("hftl: error: ")[1].strip()
+    assert len(msg.splitlines()) == 1
+    assert msg.startswith("Push of the Space 'bob/demo' (hub.space_id") and "403" in msg
+    assert "The model is on the Hub ('alice/x')" in msg and "--space-id bob/demo`" in msg
+
+
+def test_hub_space_keys_are_checked_with_the_recipe(text_recipe):
+    import hftl
+
+    with pytest.raises(hftl.RecipeError, match=r"Recipe key 'hub\.space_id': must be the Space's Hub id"):
+        hftl.load_recipe(text_recipe(hub={"space": True, "space_id": "no-slash"}))
+    with pytest.raises(hftl.RecipeError, match=r"hub\.space_id names a Space but hub\.space is false"):
+        hftl.load_recipe(text_recipe(hub={"space_id": "alice/demo"}))
+    hub = hftl.load_recipe(text_recipe(hub={"push": True, "repo_id": "alice/x", "space": True})).hub
+    assert (hub.space, hub.space_id) == (True, None)

@@ -112,6 +112,41 @@ def test_resolve_headers_on_seeded_repo():
         conn.close()
 
 
+SPACE_AND_MODEL = """
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+api = HfApi()
+out = {"model": str(api.create_repo("alice/demo")),
+       "space": str(api.create_repo("alice/demo", repo_type="space", space_sdk="gradio", private=True))}
+out["space_again"] = str(api.create_repo("alice/demo", repo_type="space", space_sdk="gradio", exist_ok=True))
+api.upload_file(path_or_fileobj=b"model file", path_in_repo="weights.txt", repo_id="alice/demo")
+api.upload_file(path_or_fileobj=b"import gradio", path_in_repo="app.py", repo_id="alice/demo", repo_type="space")
+api.upload_file(path_or_fileobj=b"\\x00" * 10, path_in_repo="logo.bin", repo_id="alice/demo", repo_type="space")
+out["space_files"] = sorted(api.list_repo_files("alice/demo", repo_type="space"))
+out["model_files"] = sorted(api.list_repo_files("alice/demo"))
+out["sdk"] = api.space_info("alice/demo").sdk
+out["app"] = open(hf_hub_download("alice/demo", "app.py", repo_type="space", cache_dir=ARGS["cache_dir"])).read()
+out["snapshot"] = sorted(p.name for p in __import__("pathlib").Path(snapshot_download(
+    "alice/demo", repo_type="space", cache_dir=ARGS["cache_dir"])).iterdir())
+print(json.dumps(out))
+"""
+
+
+def test_space_repos_live_beside_models(tmp_path):
+    """A Space shares its id with a model without touching it: create, commit (LFS too), list, download."""
+    with HubServer(token=TOKEN) as hub:
+        out = run_client(hub, tmp_path, SPACE_AND_MODEL, {"cache_dir": str(tmp_path / "cache")})
+        space, model = hub.spaces["alice/demo"], hub.repos["alice/demo"]
+        assert (space.sdk, space.private, model.private) == ("gradio", True, False)
+        assert set(space.files) == {"app.py", "logo.bin"} and space.lfs_paths == {"logo.bin"}
+        assert set(model.files) == {"weights.txt"}
+    assert out["model"] == f"{hub.url}/alice/demo"
+    assert out["space"] == out["space_again"] == f"{hub.url}/spaces/alice/demo"
+    assert out["space_files"] == ["app.py", "logo.bin"] and out["model_files"] == ["weights.txt"]
+    assert out["sdk"] == "gradio" and out["app"] == "import gradio"
+    assert out["snapshot"] == ["app.py", "logo.bin"]
+
+
 UPLOAD_AND_DOWNLOAD = """
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 

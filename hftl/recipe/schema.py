@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,11 +40,25 @@ class HubSection(Section):
                           "model.model_name_or_path is a local folder (zoo aliases know theirs).")
     strict: bool = Field(False, description="Refuse to push (before any upload) a run whose base model is known "
                                             "only by a local path, instead of warning.")
+    space: bool = Field(False, description="Also push a Gradio Space that serves the pushed model (hftl serve's page "
+                                           "and /predict API), after the model.")
+    space_id: str | None = Field(None, description="user/name of the Space (default: hub.repo_id; a Space and a model "
+                                                   "may share a name).")
+
+    @field_validator("space_id")
+    @classmethod
+    def _space_id(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", v):
+            raise ValueError("must be the Space's Hub id, 'user/name' (letters, digits, '-', '_', '.'); leave it out "
+                             "to use hub.repo_id")
+        return v
 
     @model_validator(mode="after")
     def _repo(self):
         if self.push and not self.repo_id:
             raise ValueError("hub.push is true but hub.repo_id is missing (e.g. repo_id: you/my-model)")
+        if self.space_id and not self.space:
+            raise ValueError("hub.space_id names a Space but hub.space is false: set hub.space: true to push it")
         return self
 
 

@@ -22,11 +22,10 @@ from hftl.files import fix_modes, umask, write_json, write_text
 from hftl.hooks import find_head
 from hftl.model import make_portable
 from hftl.runs.compare import compare, eval_set, state_bytes
-from hftl.runs.load import check_weights, load_base, load_model, load_processor, read_run
+from hftl.runs.load import RUN_FILES, check_weights, load_base, load_model, load_processor, read_run
 from hftl.runs.onnx import export_onnx_folder
 
 KINDS = ("merge", "onnx", "int8", "prune")
-RUN_FILES = ("recipe.yaml", "labels.json")
 
 
 # ----------------------------------------------------------------------------------------------- merge

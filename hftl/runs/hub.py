@@ -2,7 +2,8 @@
 
 The token comes from HF_TOKEN or the usual `hf auth login`; it is never printed, logged or written.
 The push is the last step of a run: a failed push leaves the output dir complete.
-Everything goes up in one commit, so a failed push never leaves the repo half updated.
+Everything goes up in one commit, so a failed push never leaves the repo half updated. With hub.space, a Gradio
+Space that serves the model (hftl/runs/space.py) goes up after it, in a commit of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from hftl.errors import HftlError
 from hftl.model import is_local_path
 from hftl.recipe import load_recipe
 from hftl.runs.card import usage_snippet
+from hftl.runs.load import RUN_FILES
+from hftl.runs.space import space_id, space_operations
 from hftl.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -51,8 +54,11 @@ def _operations(out: Path, upload: str, recipe=None) -> list:
         return [CommitOperationAdd(rel, str(p)) for rel, p in _files(out, skip_merged=True)]
     if upload == "both":
         return [CommitOperationAdd(rel, str(p)) for rel, p in _files(out, skip_merged=False)]
-    # "merged": a plain transformers model at the root; the run's card goes with it, relabelled for the Hub.
+    # "merged": a plain transformers model at the root; the run's card goes with it, relabelled for the Hub, and
+    # its recipe and labels, so that hftl (hftl.load_model, hftl serve, a Space) reads the repo as a run.
     ops = [CommitOperationAdd(rel, str(p)) for rel, p in _files(out / "merged", skip_merged=False)]
+    ops += [CommitOperationAdd(name, str(out / name)) for name in RUN_FILES
+            if (out / name).is_file() and not (out / "merged" / name).is_file()]
     if (out / "README.md").is_file() and not (out / "merged" / "README.md").is_file():
         from huggingface_hub import ModelCard
 
@@ -141,7 +147,9 @@ def _redact(text: str) -> str:
     return text.replace(token, "<token>") if token else text
 
 
-def _explain(e: Exception, repo_id: str) -> HftlError:
+def _explain(e: Exception, repo_id: str, model_id: str | None = None) -> HftlError:
+    """One paragraph for a failed push to `repo_id`; `model_id`: the model pushed first, when `repo_id` is its
+    Space."""
     status = getattr(getattr(e, "response", None), "status_code", None)
     name = type(e).__name__
     if status == 401:
@@ -159,12 +167,18 @@ def _explain(e: Exception, repo_id: str) -> HftlError:
     else:
         first = str(e).splitlines()[0] if str(e) else ""
         why = f"{name}{f' ({status})' if status else ''}: {first}"
+    if model_id is not None:
+        again = f"--repo-id {model_id} --space" + (f" --space-id {repo_id}" if repo_id != model_id else "")
+        return HftlError(_redact(f"Push of the Space '{repo_id}' (hub.space_id, default hub.repo_id) failed: {why} "
+                                 f"The model is on the Hub ('{model_id}'); retry later with `hftl push <output_dir> "
+                                 f"{again}`."))
     return HftlError(_redact(f"Push to the Hub repo '{repo_id}' failed: {why} The output dir is complete; retry "
                              f"later with `hftl push <output_dir> --repo-id {repo_id}`."))
 
 
-def push_output_dir(output_dir: str | Path, hub) -> str:
-    """Upload `output_dir` (adapter), `output_dir/merged` (merged) or both, per `hub.upload`. Returns the repo URL."""
+def push_output_dir(output_dir: str | Path, hub) -> list[str]:
+    """Upload `output_dir` (adapter), `output_dir/merged` (merged) or both, per `hub.upload`, then with hub.space its
+    Space. Returns the URLs: the model repo's, then the Space's."""
     from huggingface_hub import HfApi
 
     out = Path(output_dir)
@@ -176,6 +190,7 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     base = hub.base_model or (base_model_id(recipe) if recipe is not None else None)
     _check_base_model(out, hub, base)
     operations = [_retarget(op, hub.repo_id, base) for op in _operations(out, hub.upload, recipe)]
+    space = space_operations(out, hub, recipe, operations) if hub.space else None  # refused before any upload
     api = HfApi()
     try:
         # create_repo first: the cheapest call, so a bad token or an unreachable Hub fails before any upload.
@@ -186,4 +201,13 @@ def push_output_dir(output_dir: str | Path, hub) -> str:
     except Exception as e:  # huggingface_hub raises HTTP, connection and offline errors of several types
         raise _explain(e, hub.repo_id) from None
     logger.info("pushed %s to %s (%d files)", out, hub.repo_id, len(operations))
-    return url
+    if space is None:
+        return [url]
+    sid = space_id(hub)
+    try:
+        space_url = str(api.create_repo(sid, repo_type="space", space_sdk="gradio", private=hub.private, exist_ok=True))
+        api.create_commit(sid, space, repo_type="space", commit_message=hub.commit_message)
+    except Exception as e:
+        raise _explain(e, sid, model_id=hub.repo_id) from None
+    logger.info("pushed the Space %s, serving %s", sid, hub.repo_id)
+    return [url, space_url]

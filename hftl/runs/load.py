@@ -41,6 +41,7 @@ def read_run(output_dir: str | Path) -> Run:
     return Run(out, recipe, get_task(recipe.task), labels)
 
 
+RUN_FILES = ("recipe.yaml", "labels.json")  # what read_run reads: they make a model folder an hftl run
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 
 

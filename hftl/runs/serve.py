@@ -5,7 +5,8 @@ zero-shot runs, words highlighted with their entities for NER, a chat for causal
 class probabilities as a label chart; the run's card beside it. Every request goes through `Predictor`, the code
 `hftl predict` runs, so the page and the CLI give the same numbers; models load once, at start. Every task's API
 endpoint is `/predict`: `gradio_client.Client(url).predict(..., api_name="/predict")` returns what the page shows.
-Binds to 127.0.0.1 unless told otherwise; Ctrl-C or SIGTERM stops it cleanly.
+Binds to 127.0.0.1 unless told otherwise; Ctrl-C or SIGTERM stops it cleanly. `serve_app` builds the same app
+without launching it: the app.py of a Space that `hftl push --space` writes launches it.
 """
 
 from __future__ import annotations
@@ -183,18 +184,24 @@ def build_app(predictor: Predictor, top_k: int | None = None):
     return app
 
 
-def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None = None, block: bool = True):
-    """Load the run(s) once and serve the app; returns (app, url). `block=False` returns while it serves (tests)."""
+def serve_app(run_dirs, top_k: int | None = None):
+    """Load the run(s) once and build the app, queued but not launched (a Space's app.py launches it)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    _check_port(host, port)  # before minutes of model loading
     predictor = Predictor(run_dirs)
     predictor.load()
     app = build_app(predictor, top_k)
     app.queue(default_concurrency_limit=1)  # one model, one request at a time
+    return app
+
+
+def serve(run_dirs, host: str = "127.0.0.1", port: int = 7860, top_k: int | None = None, block: bool = True):
+    """Load the run(s) once and serve the app; returns (app, url). `block=False` returns while it serves (tests)."""
+    _check_port(host, port)  # before minutes of model loading
+    app = serve_app(run_dirs, top_k)
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
                            ssr_mode=False, show_error=True, footer_links=["api"])
-    logger.warning("hftl serve: %s at %s (API: /predict; Ctrl-C stops it)",
-                   ", ".join(str(r.path) for r in predictor.runs), url)
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    logger.warning("hftl serve: %s at %s (API: /predict; Ctrl-C stops it)", ", ".join(str(Path(d)) for d in dirs), url)
     print(f"hftl serve: {url}", flush=True)
     if block:
         previous = signal.signal(signal.SIGTERM, _interrupt)
