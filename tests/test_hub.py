@@ -527,3 +527,13 @@ def test_hub_space_keys_are_checked_with_the_recipe(text_recipe):
         hftl.load_recipe(text_recipe(hub={"space_id": "alice/demo"}))
     hub = hftl.load_recipe(text_recipe(hub={"push": True, "repo_id": "alice/x", "space": True})).hub
     assert (hub.space, hub.space_id) == (True, None)
+
+
+def test_space_that_could_not_start_is_refused_before_training(text_recipe):
+    """An adapter on a local base with hub.space: found when the run is built, before any step or output."""
+    import hftl
+
+    recipe = text_recipe(peft={"method": "lora", "r": 4}, hub={"push": True, "repo_id": "alice/x", "space": True})
+    with pytest.raises(hftl.HftlError, match=r"^hub\.space \(--space\): .*a folder on this machine"):
+        hftl.train(recipe)
+    assert not Path(recipe["training"]["output_dir"]).exists()

@@ -53,7 +53,7 @@ def _content(op) -> bytes:
     return data if isinstance(data, bytes) else Path(data).read_bytes()
 
 
-def _check(out: Path, hub, recipe, adapter: bool) -> None:
+def check_space(out: Path, hub, recipe, adapter: bool) -> None:
     """Refuse, before any upload, a Space that could not start: it serves what the model repo holds."""
     if recipe is None:
         raise HftlError(f"hub.space (--space): '{out}' holds no recipe.yaml, so the pushed model is not an hftl run "
@@ -119,7 +119,7 @@ def space_operations(out: Path, hub, recipe, model_operations: list) -> list:
     from huggingface_hub import CommitOperationAdd
 
     files = {op.path_in_repo: op for op in model_operations}
-    _check(out, hub, recipe if "recipe.yaml" in files else None, "adapter_config.json" in files)
+    check_space(out, hub, recipe if "recipe.yaml" in files else None, "adapter_config.json" in files)
     app = APP.format(repo_id=hub.repo_id, revision=hub.revision)
     return [CommitOperationAdd("app.py", app.encode("utf-8")),
             CommitOperationAdd("requirements.txt", _requirements(recipe, files).encode("utf-8")),

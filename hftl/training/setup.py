@@ -18,6 +18,7 @@ from hftl.model import build_model, build_peft_model, load_processor, pooling_of
 from hftl.recipe import Recipe
 from hftl.recipe.training import engine_places_model
 from hftl.runs.hub import base_model_id
+from hftl.runs.space import check_space
 from hftl.strategy import apply_reinit, plan_strategy
 from hftl.strategy.auto import resolve
 from hftl.tasks import get_task
@@ -163,13 +164,15 @@ def _setup_cache(s: Setup) -> None:
 
 def _check_push(recipe: Recipe, model) -> None:
     """What hub.push would upload must load for whoever downloads it; refused before training otherwise:
-    with hub.strict, a base model known only by a local path; and a mean/cls-pooled adapter alone (PEFT's
+    with hub.strict, a base model known only by a local path; with hub.space, an adapter the Space could not rebuild; and a mean/cls-pooled adapter alone (PEFT's
     loaders put it on the base model's own pooler, so it would predict differently)."""
     if recipe.hub.push and recipe.hub.strict and base_model_id(recipe) is None:
         raise HftlError(
             f"Recipe key 'hub.strict' is true but the base model '{recipe.model.source}' is a local "
             "folder with no Hub id: set hub.base_model to the Hub id it came from (or hub.strict: false to push "
             "with a warning).")
+    if recipe.hub.push and recipe.hub.space:  # the Space serves the pushed repo: it must be able to start
+        check_space(recipe.output_dir, recipe.hub, recipe, recipe.peft is not None and recipe.hub.upload != "merged")
     pooling = pooling_of(model)
     if recipe.peft is None or pooling == "default" or not recipe.hub.push or recipe.hub.upload != "adapter":
         return
