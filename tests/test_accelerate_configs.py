@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
@@ -81,14 +82,17 @@ def test_multi_node_template_keys():
     assert config.num_processes % config.num_machines == 0
 
 
-def test_fsdp_keeps_original_params_and_shards_state():
+def test_fsdp_is_fsdp2_and_shards_state():
+    """FSDP2 (accelerate to-fsdp2): per-parameter sharding, so frozen and trainable parameters may share a unit
+    without FSDP1's use_orig_params."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     config = load_config_from_file(str(CONFIG_DIR / "fsdp.yaml"))
     fsdp = config.fsdp_config
-    assert fsdp["fsdp_use_orig_params"] is True
-    assert fsdp["fsdp_sync_module_states"] is True
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_reshard_after_forward"] is True
+    assert "fsdp_use_orig_params" not in fsdp and "fsdp_sync_module_states" not in fsdp  # FSDP1 only
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     # What the launched processes see: FullyShardedDataParallelPlugin reads these variables.
@@ -96,10 +100,13 @@ def test_fsdp_keeps_original_params_and_shards_state():
     args, _, _ = _validate_launch_command(args)
     env = prepare_multi_gpu_env(args)
     assert env["ACCELERATE_USE_FSDP"] == "true"
-    assert env["FSDP_USE_ORIG_PARAMS"] == "true"
-    assert env["FSDP_SYNC_MODULE_STATES"] == "true"
+    assert env["FSDP_VERSION"] == "2"
+    assert env["FSDP_RESHARD_AFTER_FORWARD"] == "true"
     assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    with mock.patch.dict(os.environ, env):
+        plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
 
 
 @pytest.mark.parametrize("name,stage", [("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)])
