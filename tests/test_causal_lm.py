@@ -459,3 +459,10 @@ def test_predict_generates_what_the_saved_model_generates(lm_recipe, tmp_path):
     ids = tok("the <|tool|> cat", return_tensors="pt")
     with torch.no_grad():
         assert (plain(**ids).logits - model(**ids).logits).abs().max() < 1e-4
+
+
+def test_length_sorted_micro_batches_give_the_whole_batch_update(lm_recipe, one_thread):
+    """speed.micro_batch with a loss normalised by the batch's tokens (num_items_in_batch)."""
+    from test_speed import same_update
+
+    same_update(lm_recipe(train="qa"))  # prompts masked: a different number of loss tokens per row

@@ -412,3 +412,10 @@ def test_ddp_two_processes_gather_variable_length_predictions(ner_recipe, tmp_pa
         assert r["n"] == 24
         assert r["f1"] == pytest.approx(r["local"]["f1"]) and r["accuracy"] == pytest.approx(r["local"]["accuracy"])
     assert 0.1 < ranks[0]["f1"] < 0.95, ranks[0]
+
+
+def test_length_sorted_micro_batches_give_the_whole_batch_update(ner_recipe, one_thread):
+    """speed.micro_batch with a mean over labelled tokens: each micro-batch weighs by its labelled tokens."""
+    from test_speed import same_update
+
+    same_update(ner_recipe())

@@ -1,5 +1,5 @@
 """The optional training blocks' sections: regularization (label smoothing, mixup / cutmix), ema, distill,
-self_training, continual, contrastive, and generation (the generative tasks' sampling and decoding)."""
+self_training, continual, contrastive, generation (the generative tasks' sampling and decoding) and speed."""
 
 from __future__ import annotations
 
@@ -144,3 +144,19 @@ class GenerationSection(Section):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
     num_beams: PositiveInt = Field(1, description="Beam search width (seq2seq evaluation; greedy or sampled if 1).")
     seed: int = Field(0, description="Seed of the sampling, so the samples are reproducible.")
+
+
+class SpeedSection(Section):
+    """hftl's own speed levers (training/speed.py); the Trainer's (bf16, optim, torch_compile, dataloader workers,
+    train_sampling_strategy) stay in `training:`."""
+
+    micro_batch: Literal["auto"] | PositiveInt | None = Field(
+        "auto", description="Split each training batch of token sequences into micro-batches of this many examples, "
+        "sorted by length, each padded to its own longest, their gradients summed: the same update with less padding. "
+        "auto: 8 on CPUs (compute grows with the tokens), off on GPUs and for models with BatchNorm; null: off.")
+    pad_to_multiple_of: Literal["auto"] | PositiveInt | None = Field(
+        "auto", description="Pad each batch's token sequences to a multiple of this (tensor cores want aligned "
+        "shapes); auto: 8 on a CUDA GPU, no rounding on CPUs, where it only adds padding; null: off.")
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="Train with channels_last tensors (the fast path for convolutions on CPUs and GPUs); "
+        "auto: for convolutional networks (3 or more Conv2d), not for transformers.")

@@ -20,6 +20,7 @@ from hftl.recipe.blocks import (
     GenerationSection,
     RegularizationSection,
     SelfTrainingSection,
+    SpeedSection,
 )
 from hftl.recipe.data import DataSection
 from hftl.recipe.model import ModelSection
@@ -90,6 +91,8 @@ class Recipe(Section):
     eval_tta: list[Literal["hflip", "vflip"]] = Field(
         default_factory=list, description="Test-time augmentation at evaluation: class probabilities averaged over "
         "the image and these flips of it.", json_schema_extra={"tasks": ["image-classification"]})
+    speed: SpeedSection = Field(default_factory=SpeedSection, description="hftl's speed levers (the Trainer's are "
+                                "training: keys); each one the run uses is named in its plan and card.")
     seed: int = Field(42, description="Seed for data splits, head init and training.")
     overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty training.output_dir.")
     on_nan_loss: Literal["stop", "skip"] = Field(

@@ -46,9 +46,9 @@ def max_bytes() -> int:
 
 
 def _update_tensor(h, t: torch.Tensor) -> None:
-    t = t.detach().cpu().contiguous().reshape(-1) if t.dim() == 0 else t.detach().cpu().contiguous()
+    t = t.detach().cpu().contiguous()  # channels_last weights hash as the same bytes
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def model_digest(backbone: torch.nn.Module, task_model: torch.nn.Module, pooling: str) -> str:

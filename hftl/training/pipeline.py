@@ -156,4 +156,5 @@ def make_trainer(s: Setup, mixins: tuple = ()) -> HftlTrainer:
         model=s.model, args=s.args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
         processing_class=s.processor, compute_metrics=s.task.metrics_for(s.splits.label_names, s.processor),
         preprocess_logits_for_metrics=s.task.preprocess_logits_for_metrics, callbacks=s.plan.callbacks, plan=s.plan,
-        on_nan_loss=s.recipe.on_nan_loss, task=s.task, features=s.features)
+        on_nan_loss=s.recipe.on_nan_loss, task=s.task, features=s.features, train_lengths=s.train_lengths,
+        micro_batch=s.micro_batch)

@@ -23,6 +23,7 @@ from hftl.strategy import apply_reinit, plan_strategy
 from hftl.strategy.auto import resolve
 from hftl.tasks import get_task
 from hftl.training.cache import FeatureCache, why_not
+from hftl.training import speed
 from hftl.training.features import Feature, for_recipe
 from hftl.training.preflight import check_first_step
 
@@ -46,6 +47,8 @@ class Setup:
     device: Any = None
     inputs_vary: bool = False  # a training example reaches the model differently each epoch
     cache: FeatureCache | None = None  # backbone features computed once
+    train_lengths: list[int] | None = None  # each training example's token count (length-grouped batches)
+    micro_batch: int | None = None  # length-sorted micro-batches of this size (training/speed.py)
 
 
 class PseudoLabelled(Feature):
@@ -74,6 +77,7 @@ def setup(recipe: Recipe, extra_train=None, features: tuple = ()) -> Setup:
     _setup_arguments(s)
     _setup_datasets(s)
     _setup_cache(s)
+    _setup_speed(s)
     return s
 
 
@@ -128,6 +132,7 @@ def _setup_arguments(s: Setup) -> None:
     recipe = s.recipe
     training = {k: v for k, v in recipe.training.items() if k != "resume_from_checkpoint"}
     defaults = s.task.training_defaults(recipe.data, recipe.generation)
+    defaults.update(speed.training_defaults(recipe.training))
     for f in s.features:
         defaults.update(f.training_defaults())
     s.args = s.task.trainer_classes()[1](**{**defaults, **training})
@@ -160,6 +165,13 @@ def _setup_cache(s: Setup) -> None:
             raise HftlError(f"Recipe key 'strategy.cache_features' is true but {reason}.")
         return
     s.cache = FeatureCache(s.model, s.collator, batch_size=s.args.per_device_eval_batch_size)
+
+
+def _setup_speed(s: Setup) -> None:
+    """The speed defaults that need the built run (training/speed.py), named in the plan's header."""
+    line = speed.plan_line(speed.apply(s))
+    if line:
+        s.plan.notes.append(line)
 
 
 def _check_push(recipe: Recipe, model) -> None:

@@ -17,6 +17,9 @@ The changes, each for a trap the plain Trainer has in transfer learning:
   perplexity derived from it do not depend on the eval batch size;
 - the last evaluation is kept (`last_evaluation`: its step, metrics and predictions), so a run that evaluated at
   its last step is not evaluated again to report its metrics.
+- speed (training/speed.py): a batch of token sequences may run as length-sorted micro-batches, gradients summed
+  and weighted so the update is the whole batch's; length-grouped batches (train_sampling_strategy) come in random
+  order, and evaluation stays in the dataset's order.
 
 The features (`features`, see features/base.py) plug in without being named here: they change training batches,
 replace the task loss, add loss terms (each logged as loss_<name>, the task loss as loss_task), wrap evaluations,
@@ -25,13 +28,15 @@ replace evaluation predictions and add callbacks.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import has_length
 
 from hftl.files import fix_modes
 from hftl.hooks import param_groups
@@ -40,6 +45,7 @@ from hftl.runs.outputs import LR_PREFIX
 from hftl.training.faults import check_loss
 from hftl.training.features.base import overrides
 from hftl.training.preflight import rng_kept
+from hftl.training.speed import GROUPED, LengthGroupedBatches, averaged_items, sorted_chunks, token_lengths
 
 
 class PortableCheckpoints(TrainerCallback):
@@ -67,8 +73,12 @@ class Evaluation:
 
 
 class HftlTrainer(Trainer):
-    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, features=(), **kwargs):
+    def __init__(self, *args, plan=None, on_nan_loss: str = "stop", task=None, features=(), train_lengths=None,
+                 micro_batch=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.train_lengths = train_lengths  # the token inputs' lengths, for batches on cached features too
+        self.micro_batch = micro_batch  # length-sorted micro-batches of this size (training/speed.py)
+        self._loss_weight = 1.0  # a micro-batch's share of its batch's loss
         self.plan = plan
         self.on_nan_loss = on_nan_loss
         self.task = task
@@ -103,10 +113,35 @@ class HftlTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches in random order (training/speed.py), from the token lengths read in one go."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        lengths = None
+        if self.args.train_sampling_strategy == GROUPED:
+            lengths = token_lengths(dataset)
+            if lengths is None and self.train_lengths is not None and len(self.train_lengths) == len(dataset):
+                lengths = self.train_lengths  # cached features of the same examples, in the same order
+        if lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedBatches(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in the dataset's order, grouped training or not: the evaluation report pairs the last
+        evaluation's predictions with the validation rows by position."""
+        if self.args.train_sampling_strategy != GROUPED:
+            return super()._get_eval_sampler(eval_dataset)
+        if eval_dataset is None or not has_length(eval_dataset) or self.args.world_size > 1:
+            return None  # as the Trainer does: no sampler, Accelerate shards in order
+        return SequentialSampler(eval_dataset)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         for f in self._batch_hooks:
             inputs = f.transform_batch(inputs)
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        chunks = sorted_chunks(inputs, self.micro_batch) if self.micro_batch else None
+        if chunks is None:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        else:
+            loss = self._micro_steps(model, chunks, num_items_in_batch)
         if self.plan is not None:
             self.plan.trainable.after_backward()
         if not check_loss(loss, self.state.global_step + 1, Path(self.args.output_dir), self.on_nan_loss,
@@ -115,6 +150,24 @@ class HftlTrainer(Trainer):
             model.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             return torch.zeros_like(loss)
+        return loss
+
+    def _micro_steps(self, model, chunks, num_items_in_batch):
+        """One batch as length-sorted micro-batches, gradients summed. A loss that is a mean over the batch is
+        weighted by each micro-batch's share of what it averages (examples, or labelled tokens for per-token
+        labels); one normalised by `num_items_in_batch` (a language model's tokens) already is. Gradients are
+        all-reduced once, after the last micro-batch."""
+        normalised = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        counts = [averaged_items(chunk, n) for chunk, n in chunks]
+        loss = 0.0
+        try:
+            for i, (chunk, _) in enumerate(chunks):
+                self._loss_weight = 1.0 if normalised else counts[i] / max(sum(counts), 1)
+                last = i == len(chunks) - 1
+                with nullcontext() if last or self.args.world_size <= 1 else self.accelerator.no_sync(model):
+                    loss = loss + super().training_step(model, chunk, num_items_in_batch)
+        finally:
+            self._loss_weight = 1.0
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -141,6 +194,14 @@ class HftlTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The task loss (the model's own, or a feature's), then, in training, the features' loss terms:
         total = task loss x each term's task_weight + each term's value; every part is logged."""
+        if self._loss_weight != 1.0 and model.training:  # a micro-batch: its share of the batch's loss
+            weight, self._loss_weight = self._loss_weight, 1.0
+            try:
+                found = self.compute_loss(model, inputs, True, num_items_in_batch)
+            finally:
+                self._loss_weight = weight
+            loss, outputs = found[0] * weight, found[1]
+            return (loss, outputs) if return_outputs else loss
         if not model.training or not (self._loss_hooks or self._terms):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         found = next((r for f in self._loss_hooks if (r := f.task_loss(model, inputs)) is not None), None)
