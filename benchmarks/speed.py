@@ -321,7 +321,7 @@ Notes:
   only by noise: dropout masks and the head's initial weights (hftl draws other numbers from the seed before it
   builds the head). One epoch at these learning rates is a fragile setting: several runs on both sides stay at
   the majority class (0.821: all LoRA and frozen rows), and full fine-tuning spreads 0.82-0.92 over seeds on both
-  sides. These accuracy columns show no systematic difference, and are weak evidence of equality.
+  sides (hftl below plain on 2 of 3 seeds): within the seeds' spread, but weak evidence of equality.
 - Why not more: 4 sorted micro-batches hold 1.17x the text's tokens instead of a random batch's 1.74x (1.48x
   fewer), but a micro-batch of 8 uses the CPU less well than a batch of 32, and full fine-tuning adds the dense
   gradient of the 11.7M-parameter word embeddings once per micro-batch. Length-grouped *batches*
