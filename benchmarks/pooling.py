@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, load_rows, md_table, run_row, selected, write_result
+from common import ROOT, git_revision, load_rows, md_table, run_row, selected, write_result
 
 NAME = "pooling"
 RECIPES = {"demo": "recipes/demo.yaml", "gradual_unfreezing": "recipes/gradual_unfreezing.yaml"}
@@ -65,7 +65,9 @@ def train_run(recipe: str, pooling: str, seed: int, out: Path, smoke: bool) -> d
            "accuracy": m["eval_accuracy"], "f1": m["eval_f1_macro"], "train_runtime": m.get("train_runtime"),
            "wall_s": time.perf_counter() - start,
            "trainable_end": sum(p.numel() for p in result.model.parameters() if p.requires_grad),
-           "needs_trust_remote_code": needs_remote_code(result.output_dir), "overrides": overrides}
+           "needs_trust_remote_code": needs_remote_code(result.output_dir),
+           # speed.micro_batch (length-sorted micro-batches, hftl's CPU default since 0ba71bb): None = whole batches
+           "micro_batch": getattr(result.trainer, "micro_batch", None), "hftl": git_revision(), "overrides": overrides}
     del result
     gc.collect()
     return row
