@@ -107,7 +107,7 @@ def evaluate(run_dirs, data: str | Path | None = None, output: str | Path | None
 
 
 def export(run_dir: str | Path, **kwargs) -> Path:
-    """A run as a merged, ONNX, INT8 or pruned model folder (see hftl/runs/export.py)."""
+    """A run as a merged, ONNX, INT8, pruned or GGUF model folder (see hftl/runs/export.py)."""
     from hftl.runs.export import export as run
 
     return run(run_dir, **kwargs)

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--data", default=None, help="labelled data file or folder (default: the run's validation split)")
     v.add_argument("--output", default=None, help="folder for the report (default: <run>/eval)")
     v.add_argument("--batch-size", type=int, default=32)
-    e = sub.add_parser("export", help="a run as a merged, ONNX, INT8 or pruned model folder")
+    e = sub.add_parser("export", help="a run as a merged, ONNX, INT8, pruned or GGUF model folder")
     e.add_argument("output_dir")
     kind = e.add_mutually_exclusive_group(required=True)
     kind.add_argument("--merge", action="store_true", help="merge the PEFT adapter into the base weights")
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--prune", type=float, metavar="FRACTION", help="global magnitude pruning of linear/conv weights")
     kind.add_argument("--wise-ft", type=float, metavar="ALPHA",
                       help="zero-shot runs: (1 - ALPHA) x the base + ALPHA x the fine-tuned weights (WiSE-FT)")
+    kind.add_argument("--gguf", action="store_true", help="causal-LM runs: one GGUF file for llama.cpp / Ollama")
+    e.add_argument("--quant", choices=("f16", "q8_0"), default=None,
+                   help="with --gguf: the weights' type (default f16)")
     e.add_argument("--to", default=None, help="target folder (default <output_dir>/merged or exported-<kind>)")
     c = sub.add_parser("cache", help="the on-disk feature cache ($HFTL_CACHE/features): list or empty it")
     c.add_argument("action", choices=("info", "clear"))
@@ -159,8 +162,10 @@ def _run(args) -> int:
             print(f"outputs in {result.final.output_dir} (the sweep in {result.final.output_dir / 'sweep'})")
         return 0
     if args.command == "export":
+        if args.quant is not None and not args.gguf:
+            raise HftlError("--quant goes with --gguf: it picks the GGUF file's weight type (f16 or q8_0).")
         print(hftl.export(args.output_dir, merge=args.merge, onnx=args.onnx, int8=args.int8, prune=args.prune,
-                          wise_ft=args.wise_ft, to=args.to))
+                          wise_ft=args.wise_ft, gguf=args.gguf, quant=args.quant or "f16", to=args.to))
         return 0
     if args.command == "cache":
         from hftl.training import feature_store

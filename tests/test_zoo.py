@@ -359,6 +359,36 @@ def test_smollm2_config_is_llama_with_the_gguf_tying(smollm2):
     assert zoo.resolve_model("zoo:smollm2-135m") == folder  # converted once, then reused
 
 
+@needs_smollm2
+def test_smollm2_back_to_gguf_is_what_llama_cpp_wrote(smollm2, tmp_path):
+    """`hftl export --gguf` writes SmolLM2 as llama.cpp's converter wrote the GGUF it came from: the same
+    vocabulary (tokens, types, merges, special ids, pre-tokenizer `smollm`, found by llama.cpp's hash), the same
+    hyper-parameters, and Q/K rows in llama.cpp's rotary order (against its Q4_1 weights, de-quantized)."""
+    import gguf
+
+    from hftl.runs.gguf import write_gguf
+
+    _, model, tok, _, _ = smollm2
+    path = tmp_path / "smollm2.gguf"
+    assert write_gguf(model, tok, path, "f16", "smollm2")["pre_tokenizer"] == "smollm"
+    ours, theirs = gguf.GGUFReader(path), gguf.GGUFReader(zoo.models.smollm2_gguf())
+    same = ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
+            "tokenizer.chat_template", *(f"llama.{k}" for k in (
+                "block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count",
+                "attention.head_count_kv", "rope.freq_base", "attention.layer_norm_rms_epsilon", "vocab_size",
+                "rope.dimension_count"))]
+    for key in same:
+        assert ours.fields[key].contents() == theirs.fields[key].contents(), key
+    mine = {t.name: t for t in ours.tensors}
+    assert sorted(mine) == sorted(t.name for t in theirs.tensors)
+    for t in theirs.tensors:
+        if t.name.startswith("blk.3.attn_") or t.name == "blk.3.ffn_down.weight":
+            reference = gguf.dequantize(t.data, t.tensor_type).reshape(mine[t.name].data.shape)
+            assert np.abs(mine[t.name].data.astype(np.float32) - reference).max() < 2e-3 * np.abs(reference).max()
+
+
 def test_smollm2_missing_package_names_the_install_command(monkeypatch, tmp_path):
     from importlib import metadata
 

@@ -1,4 +1,4 @@
-"""Export a finished run: merged (a PEFT adapter folded into plain weights), ONNX, ONNX INT8, or pruned.
+"""Export a finished run: merged (a PEFT adapter folded into plain weights), ONNX, ONNX INT8, pruned, or GGUF.
 
 `export(run_dir, onnx=True)` and friends write one folder that reads back like a run (`read_run`: recipe.yaml,
 labels.json, the processor) and loads with `hftl.runs.load.load_model` (ONNX folders as an ONNX Runtime model).
@@ -22,10 +22,13 @@ from hftl.files import fix_modes, umask, write_json, write_text
 from hftl.hooks import find_head
 from hftl.model import make_portable
 from hftl.runs.compare import compare, eval_set, state_bytes
+from hftl.runs.gguf import QUANTS as GGUF_QUANTS
+from hftl.runs.gguf import export_gguf_folder
+from hftl.runs.gguf import markdown as gguf_markdown
 from hftl.runs.load import RUN_FILES, check_weights, load_base, load_model, load_processor, read_run
 from hftl.runs.onnx import export_onnx_folder
 
-KINDS = ("merge", "onnx", "int8", "prune")
+KINDS = ("merge", "onnx", "int8", "prune", "gguf")
 
 
 # ----------------------------------------------------------------------------------------------- merge
@@ -67,7 +70,8 @@ def export_merged(output_dir: str | Path, to: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------------------------- entry point
 
 def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8: bool = False,
-           prune: float | None = None, wise_ft: float | None = None, to: str | Path | None = None) -> Path:
+           prune: float | None = None, wise_ft: float | None = None, gguf: bool = False, quant: str = "f16",
+           to: str | Path | None = None) -> Path:
     """Export the run in `run_dir` one way (exactly one of merge / onnx / int8 / prune / wise_ft) into `to` (default
     `<run_dir>/merged` for merge, `<run_dir>/exported-<kind>` otherwise) and return that folder.
 
@@ -77,12 +81,13 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
     the float models. prune=f: the fraction f of the Linear/Conv weights with the smallest magnitude (global L1,
     the head excluded) set to zero for good, saved as a plain transformers folder, with sparsity and metrics.
     wise_ft=a: the weight-space ensemble (1 - a) x the run's base + a x its fine-tuned weights (WiSE-FT, Wortsman et
-    al. 2022), a plain transformers folder, scored beside the fine-tuned model.
+    al. 2022), a plain transformers folder, scored beside the fine-tuned model. gguf: causal-LM runs as one GGUF
+    file for llama.cpp / Ollama (`quant` f16 or q8_0), its greedy tokens checked against the run's (hftl.runs.gguf).
     """
     chosen = [k for k, on in (("merge", merge), ("onnx", onnx), ("int8", int8), ("prune", prune is not None),
-                              ("wise-ft", wise_ft is not None)) if on]
+                              ("wise-ft", wise_ft is not None), ("gguf", gguf)) if on]
     if len(chosen) != 1:
-        raise HftlError(f"Export one way at a time: give exactly one of merge, onnx, int8, prune or wise-ft (got "
+        raise HftlError(f"Export one way at a time: give exactly one of merge, onnx, int8, prune, wise-ft or gguf (got "
                         f"{', '.join(chosen) or 'none'}).")
     kind = chosen[0]
     if kind == "wise-ft" and (isinstance(wise_ft, bool) or not isinstance(wise_ft, (int, float)) or not 0 <= wise_ft <= 1):
@@ -91,6 +96,9 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
     if kind == "prune" and (isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0 < prune < 1):
         raise HftlError(f"The prune fraction must be a number strictly between 0 and 1 (the share of Linear/Conv "
                         f"weights set to zero, e.g. 0.5), not {prune!r}.")
+    if kind == "gguf" and quant not in GGUF_QUANTS:
+        raise HftlError(f"The GGUF quantization (quant / --quant) must be one of {', '.join(GGUF_QUANTS)}, not "
+                        f"{quant!r}.")
     run = _check_run(run_dir, kind)
     if kind not in run.task.exports:
         why = (" (ONNX and pruning check class probabilities; a generating model needs a decoder loop with a KV cache "
@@ -108,14 +116,16 @@ def export(run_dir: str | Path, *, merge: bool = False, onnx: bool = False, int8
         if run.is_adapter:
             model = merged_copy(model, why=f"to {kind.upper() if kind != 'prune' else 'a pruned model'}")
         model = model.float().cpu().eval()
-        if kind == "prune":
+        if kind == "gguf":
+            numbers = export_gguf_folder(run, model, load_processor(run), stage, quant)
+        elif kind == "prune":
             numbers = _export_pruned(run, model, float(prune), stage)
         elif kind == "wise-ft":
             numbers = _export_wise_ft(run, model, float(wise_ft), stage)
         else:
             numbers = export_onnx_folder(run, model, stage, int8=kind == "int8")
         numbers = {"kind": kind, "run": str(run.path), "model": type(model).__name__, **numbers}
-        text = markdown(numbers, run.task)
+        text = gguf_markdown(numbers) if kind == "gguf" else markdown(numbers, run.task)
         write_json(stage / "export.json", numbers)
         write_text(stage / "export.md", text)
         _copy_run_files(run, stage)

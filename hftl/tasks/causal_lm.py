@@ -85,6 +85,7 @@ class CausalLM(GenerativeTask, Task):
     reads_plain_text = True
     metric_names = {"perplexity": "perplexity"}
     example_input = '"Once upon a time"'
+    exports = ("merge", "gguf")
 
     def configure_model(self, model, model_section) -> None:
         # transformers finds a model's loss by its class name, and GPT-2's (GPT2LMHeadModel) names none: the
