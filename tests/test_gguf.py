@@ -1,8 +1,8 @@
 """`hftl export RUN --gguf`: a tiny Llama LoRA run merged and written as GGUF (f16 and q8_0), read back by
 transformers' own GGUF loader (an independent reader: names, Q/K layout, tokenizer) and compared logit by logit;
 Qwen2 / Qwen3 layouts; refusals with nothing written. The file against llama.cpp itself: a test that runs where
-llama-cpp-python is installed, and benchmarks/gguf.py on SmolLM2 (results/gguf.md). SmolLM2's vocabulary against
-the GGUF llama.cpp wrote for it: tests/test_zoo.py."""
+llama-cpp-python is installed, and benchmarks/gguf_export.py on SmolLM2 (results/gguf_export.md). SmolLM2's
+vocabulary against the GGUF llama.cpp wrote for it: tests/test_zoo.py."""
 
 from __future__ import annotations
 
@@ -172,8 +172,8 @@ def test_cli_quant_needs_gguf(tmp_path):
 
 
 def test_llama_cpp_runs_the_file_with_the_same_greedy_tokens(lora_run, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (benchmarks/gguf.py runs this check "
-                                            "on SmolLM2 + LoRA)")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (benchmarks/gguf_export.py runs this "
+                                            "check on SmolLM2 + LoRA)")
     target = hftl.export(lora_run, gguf=True, to=tmp_path / "f16")
     numbers = json.loads((target / "export.json").read_text())
     assert numbers["reader"].startswith("llama.cpp")
