@@ -178,3 +178,34 @@ def test_llama_cpp_runs_the_file_with_the_same_greedy_tokens(lora_run, tmp_path)
     numbers = json.loads((target / "export.json").read_text())
     assert numbers["reader"].startswith("llama.cpp")
     assert numbers["same_tokens"] == numbers["prompts"] and numbers["same_split"] == numbers["prompts"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_llama_cpp_computes_the_logits_of_each_architecture(arch, tmp_path):
+    """Each architecture hftl writes, run in llama.cpp: logits within f16 rounding of transformers' (Qwen3 with
+    head_dim != hidden / heads, which llama.cpp reads from key_length)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    import numpy as np
+    from llama_cpp import Llama
+    from lm_assets import byte_bpe
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = byte_bpe(chat=True)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=128, tie_word_embeddings=arch == "llama",
+                                  **({"head_dim": 32} if arch == "qwen3" else {}))
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    path = tmp_path / "m.gguf"
+    hgguf.write_gguf(model, tok, path, "f16", arch)
+    ids = tok("one two three what is the colour of")["input_ids"]
+    llm = Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = np.array(llm.scores[:len(ids)])
+    llm.close()
+    ours = _logits(model, torch.tensor([ids]))[0].numpy()
+    assert np.abs(theirs - ours).max() < 0.02 * np.abs(ours).max()  # measured: 0.3-0.6% (f16 weights)
