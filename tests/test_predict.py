@@ -175,3 +175,40 @@ def test_a_mean_pooled_run_loads_without_a_warning(text_recipe):
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert json.loads(cli.stdout)["label"] in r.label_names
     assert "to instantiate a model of type" not in cli.stderr
+    # in a terminal too: transformers asks "Do you wish to run the custom code?" (and waits 15 s) whenever a load
+    # leaves trust_remote_code unset on this config; hftl's loads never do
+    out = _in_a_terminal([sys.executable, "-m", "hftl.cli", "predict", str(r.output_dir), "good day"], child_env())
+    assert "custom code" not in out and "model of type" not in out
+    assert json.loads(out.strip().splitlines()[-1])["label"] in r.label_names
+
+
+def _in_a_terminal(cmd: list[str], env: dict, timeout: float = 120) -> str:
+    """Run `cmd` with a pseudo-terminal as stdin/stdout/stderr (as a person at a shell would) and return what it
+    printed; a prompt waiting for an answer fails the test at `timeout`."""
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.execve(cmd[0], cmd, env)
+    out, deadline = b"", time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise AssertionError(f"no end after {timeout} s; it printed: {out.decode(errors='replace')[-500:]}")
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):  # still running: a prompt waiting for an answer
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    return out.decode(errors="replace").replace("\r\n", "\n")
