@@ -448,7 +448,7 @@ def test_predict_generates_what_the_saved_model_generates(lm_recipe, tmp_path):
     # what does not apply to a text-writing run says so
     with pytest.raises(HftlError, match=r"hftl eval scores class predictions.*causal-lm run.*metrics.json"):
         hftl.evaluate(r.output_dir)
-    with pytest.raises(HftlError, match=r"causal-lm run: hftl exports it with --merge, not --onnx"):
+    with pytest.raises(HftlError, match=r"causal-lm run: hftl exports it with --merge or --gguf, not --onnx"):
         hftl.export(r.output_dir, onnx=True)
     with pytest.raises(HftlError, match="Ensembles average class probabilities"):
         predict([r.output_dir, r.output_dir], ["the cat"])

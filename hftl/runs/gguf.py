@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
+import os
 import tempfile
 from hashlib import sha256
 from pathlib import Path
 
 from hftl.errors import HftlError
-
-logger = logging.getLogger(__name__)
 
 QUANTS = ("f16", "q8_0")
 # model_type -> (llama.cpp architecture, Q/K rows permuted to llama.cpp's rotary layout), as convert_hf_to_gguf.py.
@@ -263,8 +261,6 @@ def _greedy_hf(model, ids: list[int], n: int, tokenizer, eos: set[int] | None = 
 
 
 def _llama_cpp_side(path: Path, ids, prompts, n: int, eos: set[int]):
-    import os
-
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(path), n_ctx=max(map(len, ids)) + n + 8, n_threads=os.cpu_count() or 1, seed=0,
