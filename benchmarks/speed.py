@@ -9,6 +9,11 @@ Set-ups (`--modes`):
   `zoo:fashion-mnist` (1,000 training images, batch 32, 1 epoch: 32 steps), accuracy on the 1,000 test images; the
   plain script is the transformers image-classification guide's (AutoModelForImageClassification, the
   checkpoint's AutoImageProcessor in `with_transform`).
+- `lm`: quality_lm.py's pair, SmolLM2-135M-Instruct with LoRA r=8 on q_proj/v_proj, 320 fortune prompt/completion
+  rows, batch 8, 1 epoch (40 steps): hftl against the plain TRL script (`trl.SFTTrainer` + `peft_config`, TRL
+  from --trl-path, not a dependency of hftl), each in a fresh process, alternating, once per seed slot (quality_lm
+  fixes seed 0); tokens/s (non-padding training tokens / train_runtime), peak RSS of the process, and held-out
+  loss on 200 validation rows scored by the same plain loop for both.
 Each seed (`--seeds`, default 0,1,2) runs plain then hftl in one process (alternating, so both see the same
 machine load); samples/s is over every step after the first. hftl runs with its defaults (training/speed.py:
 length-grouped batches for token inputs, channels_last for convolutional nets, bf16 autocast where the hardware
@@ -48,8 +53,9 @@ MODES = {
     "lora": "MiniLM LoRA r=8 (query, value)",
     "frozen": "MiniLM frozen backbone (hftl: features cached before training, outside the timing)",
     "image": "EfficientNet-Lite0 96 px, full fine-tuning",
+    "lm": "SmolLM2-135M LoRA r=8 (q_proj, v_proj) on fortunes vs TRL's SFTTrainer",
 }
-STEPS = {"full": 63, "lora": 63, "frozen": 63, "image": 32}  # one epoch
+STEPS = {"full": 63, "lora": 63, "frozen": 63, "image": 32, "lm": 40}  # one epoch
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -238,6 +244,7 @@ def main():
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated; one plain/hftl pair each")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     ap.add_argument("--profile", metavar="MODE", help="profile one hftl run of MODE with pyinstrument instead")
+    ap.add_argument("--trl-path", default="/tmp/trl_pkgs", help="lm mode: folder holding the trl package")
     args = ap.parse_args()
     if args.profile:
         return profile(args.profile, args.steps or STEPS[args.profile])
@@ -253,6 +260,10 @@ def main():
         for name, fn in (("plain", plain_run), ("hftl", hftl_run)):
             fn("full", 2, str(work / f"warm-{name}"), Meter(1), 0)
         for mode in modes:
+            if mode == "lm":
+                results[mode] = lm_runs(len(seeds), quick=args.steps > 0, trl_path=args.trl_path)
+                save_rows("speed", results, default_run)
+                continue
             steps = args.steps or STEPS[mode]
             results[mode] = {"plain": [], "hftl": [], "runs": f"{len(seeds)} seeds x {steps} steps"}
             for seed in seeds:
@@ -272,9 +283,39 @@ def main():
     write_table(results, default_run)
 
 
+def lm_runs(pairs: int, quick: bool, trl_path: str) -> dict:
+    """quality_lm.py's hftl / plain TRL pair, `pairs` times, alternating; each run a fresh process."""
+    import quality_lm
+
+    out = {"plain": [], "hftl": [], "runs": f"{pairs} pairs x {STEPS['lm']} steps"}
+    for i in range(pairs):
+        for name, key in (("plain", "plain_trl_lora_r8_attn"), ("hftl", "lora_r8_attn")):
+            r = quality_lm.run_child(key, quick, trl_path, first=True)  # first: held-out loss by the plain loop
+            row = {"tokens_s": r["tokens_s"], "eval_loss": r["batch_mean_loss"], "peak_rss_mb": r["peak_rss_mb"],
+                   "train_s": r["train_s"], "steps": r["steps"]}
+            out[name].append(row)
+            print(f"lm     {name:6s} run {i}: {row['tokens_s']:.1f} tokens/s, held-out loss {row['eval_loss']:.4f}, "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    return out
+
+
+def lm_table(res: dict) -> str:
+    def col(name, f, fmt):
+        return " / ".join(fmt.format(r[f]) for r in res[name])
+
+    ratio = statistics.median(r["tokens_s"] for r in res["hftl"]) / statistics.median(
+        r["tokens_s"] for r in res["plain"])
+    return md_table(["set-up", "runs", "plain (TRL) tokens/s, each run", "hftl tokens/s, each run",
+                     "hftl/plain (median tokens/s)", "held-out loss plain / hftl", "peak RSS MB plain / hftl"],
+                    [[MODES["lm"], res["runs"], col("plain", "tokens_s", "{:.1f}"), col("hftl", "tokens_s", "{:.1f}"),
+                      f"**{ratio:.2f}**", f"{res['plain'][0]['eval_loss']:.4f} / {res['hftl'][0]['eval_loss']:.4f}",
+                      f"{max(r['peak_rss_mb'] for r in res['plain']):.0f} / "
+                      f"{max(r['peak_rss_mb'] for r in res['hftl']):.0f}"]])
+
+
 def write_table(results: dict, save: bool) -> None:
     rows = []
-    for mode in [m for m in MODES if m in results]:
+    for mode in [m for m in MODES if m in results and m != "lm"]:
         res = results[mode]
 
         def values(name, f):
@@ -297,6 +338,10 @@ def write_table(results: dict, save: bool) -> None:
     table = md_table(["set-up", "runs", "plain samples/s, each seed", "hftl samples/s, each seed",
                       "hftl/plain (median samples/s)", "hftl/plain (median samples per CPU-s)",
                       "accuracy plain (mean ± sd)", "accuracy hftl (mean ± sd)", "RSS growth MB plain / hftl"], rows)
+    lm = ""
+    if "lm" in results:
+        lm = ("\nSmolLM2 against TRL (benchmarks/quality_lm.py's pair; each run a fresh process, the held-out loss "
+              "of the first run of each side, scored by the same plain loop):\n\n" + lm_table(results["lm"]) + "\n")
     body = f"""
 Per seed, a plain run then an hftl run with the same model, data, batch size ({BATCH}), learning rate, seed and
 steps (one epoch); samples/s over every step after the first; accuracy on the validation split after those steps.
@@ -312,7 +357,7 @@ padding. RSS growth = peak RSS during training minus RSS when training started.
 Goal: >= 1.3x plain on full fine-tuning and LoRA at equal accuracy, never below 1.0x, peak memory no higher.
 
 {table}
-
+{lm}
 Notes:
 - **Goal met for LoRA (1.37x), not for full fine-tuning (1.22x)**; never below 1.0x (images 1.07x); activation
   memory (RSS growth) lower on every row. Runs of the same set-up spread by up to 40% on this shared 2-core
