@@ -27,6 +27,7 @@ keeps memory, so absolute peaks of later runs say little).
     .venv/bin/python benchmarks/speed.py --modes lora    # re-measure one set-up, keep the others (speed.json)
     .venv/bin/python benchmarks/speed.py --seeds 0 --steps 5   # smoke run, nothing written
     .venv/bin/python benchmarks/speed.py --profile full  # pyinstrument profile of one hftl run
+    .venv/bin/python benchmarks/speed.py --modes lm --pairs 1   # SmolLM2 vs TRL: ~20 min a pair
 
 Prints a markdown table and writes it to benchmarks/results/speed.md (default --steps/--seeds only; numbers in
 speed.json). Not run in CI.
@@ -245,6 +246,7 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     ap.add_argument("--profile", metavar="MODE", help="profile one hftl run of MODE with pyinstrument instead")
     ap.add_argument("--trl-path", default="/tmp/trl_pkgs", help="lm mode: folder holding the trl package")
+    ap.add_argument("--pairs", type=int, default=2, help="lm mode: hftl / plain TRL pairs (each run ~8 min here)")
     args = ap.parse_args()
     if args.profile:
         return profile(args.profile, args.steps or STEPS[args.profile])
@@ -252,16 +254,17 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="hftl-speed-"))
     modes = args.modes.split(",")
     seeds = [int(x) for x in args.seeds.split(",")]
-    default_run = args.steps == 0 and seeds == [0, 1, 2]
+    default_run = args.steps == 0 and (seeds == [0, 1, 2] or modes == ["lm"])
     # Each finished mode is stored at once in speed.json; the table shows every mode measured so far.
     results = load_rows("speed", default_run)
     try:
         # One untimed run of each kind first: imports, tokenizer caches and the allocator warm up.
         for name, fn in (("plain", plain_run), ("hftl", hftl_run)):
-            fn("full", 2, str(work / f"warm-{name}"), Meter(1), 0)
+            if modes != ["lm"]:  # lm runs in fresh processes
+                fn("full", 2, str(work / f"warm-{name}"), Meter(1), 0)
         for mode in modes:
             if mode == "lm":
-                results[mode] = lm_runs(len(seeds), quick=args.steps > 0, trl_path=args.trl_path)
+                results[mode] = lm_runs(args.pairs, quick=args.steps > 0, trl_path=args.trl_path)
                 save_rows("speed", results, default_run)
                 continue
             steps = args.steps or STEPS[mode]
