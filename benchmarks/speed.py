@@ -376,6 +376,7 @@ Notes:
   (`training.train_sampling_strategy: group_by_length`, 1.03x the tokens) trained ~2x as fast as plain, but on
   these tweets (positive ones are shorter) full fine-tuning then stayed at the majority class (0.821 accuracy,
   seeds 0 and 1) where the plain script reached 0.915 / 0.908: not a default.
+- Micro-batches of 16 vs 8: see benchmarks/micro_batch.py and the notes of 2026-12-07 (git history of this file).
 - Frozen backbone: hftl computes the backbone features once before training (`strategy.cache_features: auto`),
   so its timed steps only train the head; that pass is not in the timing.
 """

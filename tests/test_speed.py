@@ -95,6 +95,8 @@ def test_micro_batches_give_the_whole_batch_update(text_recipe, ragged_csv, one_
 def test_micro_batches_only_where_they_apply(text_recipe, ragged_csv, resnet_dir, image_recipe, one_thread):
     small = setup(hftl.load_recipe(_ragged(text_recipe, ragged_csv, per_device_train_batch_size=8)))
     assert small.micro_batch is None  # a batch of 8: no two micro-batches of 8
+    large = setup(hftl.load_recipe(_ragged(text_recipe, ragged_csv, per_device_train_batch_size=32)))
+    assert large.micro_batch == 16  # two of 16: larger products, a little more padding than four of 8
     same_length = setup(hftl.load_recipe(text_recipe(training={"per_device_train_batch_size": 16})))
     assert same_length.micro_batch is None  # every test text has 4 words: nothing to gain
     off = setup(hftl.load_recipe(_ragged(text_recipe, ragged_csv, per_device_train_batch_size=16) | {

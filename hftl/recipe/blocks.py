@@ -153,7 +153,8 @@ class SpeedSection(Section):
     micro_batch: Literal["auto"] | PositiveInt | None = Field(
         "auto", description="Split each training batch of token sequences into micro-batches of this many examples, "
         "sorted by length, each padded to its own longest, their gradients summed: the same update with less padding. "
-        "auto: 8 on CPUs (compute grows with the tokens), off on GPUs and for models with BatchNorm; null: off.")
+        "auto: on CPUs (compute grows with the tokens) 16 where a batch holds two, else 8; off on GPUs and for "
+        "models with BatchNorm; null: off.")
     pad_to_multiple_of: Literal["auto"] | PositiveInt | None = Field(
         "auto", description="Pad each batch's token sequences to a multiple of this (tensor cores want aligned "
         "shapes); auto: 8 on a CUDA GPU, no rounding on CPUs, where it only adds padding; null: off.")

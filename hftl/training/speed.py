@@ -2,14 +2,15 @@
 where they help at equal results. Each one is a recipe key (the recipe's value wins) and each one used is named
 in the plan's header and the card ("speed: ..."):
 
-- length-sorted micro-batches (`speed.micro_batch: auto`, 8 on CPUs): each training batch of token sequences is
-  split into micro-batches of similar length, each padded to its own longest, and their gradients are summed,
-  weighted by their share of the batch: the batch and its update are the ones the Trainer would make, with less
-  padding (2,000 tweets, batch 32: a random batch holds 1.75x the tokens of its texts, 4 sorted micro-batches
-  1.18x, 2 of 16 1.38x; 16 measured no faster than 8 on MiniLM). Length-grouped *batches*
-  (`training.train_sampling_strategy: group_by_length`) pad even less but change what a batch holds: on these
-  tweets (positive ones are shorter) MiniLM fell from 0.91 to 0.82 after one epoch, so they are not a default;
-  hftl's sampler for them shuffles the batches and keeps evaluation in order;
+- length-sorted micro-batches (`speed.micro_batch: auto`, on CPUs 16 where a batch holds two, else 8): each
+  training batch of token sequences is split into micro-batches of similar length, each padded to its own
+  longest, and their gradients are summed, weighted by their share of the batch: the batch and its update are the
+  ones the Trainer would make, with less padding (2,000 tweets, batch 32: a random batch holds 1.75x the tokens of
+  its texts, 2 sorted micro-batches of 16 1.38x, 4 of 8 1.18x; yet 16 trained faster than 8 in each of 4
+  interleaved runs: larger matrix products). Length-grouped *batches* (`training.train_sampling_strategy:
+  group_by_length`) pad even less but change what a batch holds: on these tweets (positive ones are shorter)
+  MiniLM fell from 0.91 to 0.82 after one epoch, so they are not a default; hftl's sampler for them shuffles the
+  batches and keeps evaluation in order;
 - bf16 autocast (`training.bf16`) where the hardware multiplies bf16 matrices natively: a CUDA GPU that supports
   bf16, a CPU with AMX or AVX512-BF16. Not on other CPUs (AVX2 emulates bf16: slower than float32);
 - padding to a multiple of 8 (`speed.pad_to_multiple_of: auto`) on CUDA (tensor cores want aligned shapes);
@@ -130,7 +131,7 @@ def _micro_batch(s, value, on_gpu: bool) -> int | None:
     if value == "auto":
         if on_gpu or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in s.model.modules()):
             return None
-        value = 8
+        value = 16 if s.args.per_device_train_batch_size >= 32 else 8  # benchmarks/results/speed.md
     return value if s.args.per_device_train_batch_size >= 2 * value else None
 
 
