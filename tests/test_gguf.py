@@ -65,6 +65,8 @@ def test_lora_run_to_gguf_f16_gives_the_merged_logits(lora_run):
     assert [r["prompt"] for r in numbers["rows"]] == ["the cat", "the dog ran"]  # the recipe's prompts
     assert "2 of 2 identical" in (target / "export.md").read_text()
     assert (target / "recipe.yaml").is_file()
+    with pytest.raises(HftlError, match="is a GGUF export .* run it in llama.cpp"):
+        hftl.predict(target, ["the cat"])
 
     merged = _merged(lora_run)
     ids = torch.tensor([[5, 17, 40, 2, 99, 120, 7, 64, 33, 1]])
