@@ -376,7 +376,17 @@ Notes:
   (`training.train_sampling_strategy: group_by_length`, 1.03x the tokens) trained ~2x as fast as plain, but on
   these tweets (positive ones are shorter) full fine-tuning then stayed at the majority class (0.821 accuracy,
   seeds 0 and 1) where the plain script reached 0.915 / 0.908: not a default.
-- Micro-batches of 16 vs 8: see benchmarks/micro_batch.py and the notes of 2026-12-07 (git history of this file).
+- When: the MiniLM and EfficientNet rows on 2026-12-07 12:53 UTC at e8fcf3b, with micro-batches of 8; the
+  SmolLM2 row at 17:17 UTC, one pair, a CI test run beside it on the same 2 cores (quality_lm.md's two quieter
+  pairs earlier: 1.31x). SmolLM2's batch of 8 takes no micro-batches; its held-out losses differ because TRL
+  tokenizes the prompt/completion boundary differently (quality_lm.md).
+- Micro-batches of 16 (`speed.micro_batch: auto` since 2026-12-07 where a batch holds two; the table: 8).
+  `benchmarks/micro_batch.py`, full fine-tuning, plain / micro 8 / micro 16 interleaved per seed, samples/s:
+  seed 0: 21.87 / 23.15 / **27.04**, seed 1: 20.53 / 24.04 / **25.10** (per CPU-second 11.10 / 11.71 / 13.65 and
+  10.45 / 12.15 / 12.70; accuracy 0.915 / 0.913 / 0.909 and 0.901 / 0.835 / 0.871); an earlier 25-step test:
+  micro 8 22.9 / 22.6, micro 16 23.6 / 24.2. A run of this script with 16 (not stored) gave full fine-tuning
+  plain 23.6 / 19.5 / 20.6 vs hftl 22.8 / 21.2 / 23.5 (1.11x) and LoRA plain 24.0 / 25.3 vs hftl 27.3 / 30.3:
+  the same set-up spreads 18-25 samples/s between runs here, more than the gap to 1.3x.
 - Frozen backbone: hftl computes the backbone features once before training (`strategy.cache_features: auto`),
   so its timed steps only train the head; that pass is not in the timing.
 """
