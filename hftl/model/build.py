@@ -69,7 +69,7 @@ def load_processor(task, model_section, data, run_dir: str | None = None):
     # the fallback warns about "a model of type ``". The tokenizer itself is the base's, saved beside it.
     pooled_run = run_dir is not None and needs_remote_code(Path(run_dir))
     try:
-        with _transformers_errors_only() if pooled_run else nullcontext():
+        with transformers_errors_only() if pooled_run else nullcontext():
             return task.load_processor(model_section, path, data)
     except (OSError, ValueError) as e:
         if run_dir is not None:
@@ -79,7 +79,7 @@ def load_processor(task, model_section, data, run_dir: str | None = None):
 
 
 @contextmanager
-def _transformers_errors_only():
+def transformers_errors_only():
     from transformers.utils import logging as hf_logging
 
     before = hf_logging.get_verbosity()

@@ -14,7 +14,6 @@ transformers' own GGUF loader, an independent reader of the names, layout and to
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from hftl.errors import HftlError
+from hftl.model import transformers_errors_only
 
 QUANTS = ("f16", "q8_0")
 # model_type -> (llama.cpp architecture, Q/K rows permuted to llama.cpp's rotary layout), as convert_hf_to_gguf.py.
@@ -93,7 +93,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> dict:
     import torch
 
     config = model.config
-    arch, permute, pre = check_supported(config, tokenizer)
+    arch, permute, pre = check_supported(config, tokenizer)  # before anything is written
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -208,10 +208,8 @@ def _tensor_type(gguf, name: str, data, quant: str):
 # ----------------------------------------------------------------------------------------------- the check
 
 def export_gguf_folder(run, model, tokenizer, stage: Path, quant: str) -> dict:
-    """`model-<quant>.gguf` in `stage`, checked against `model` (the run's, merged, float32) on greedy tokens."""
-    if quant not in QUANTS:
-        raise HftlError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}.")
-    check_supported(model.config, tokenizer)  # before anything is written
+    """`model-<quant>.gguf` in `stage`, checked against `model` (the run's, merged, float32) on greedy tokens.
+    `quant`: one of QUANTS (hftl.runs.export checks it)."""
     path = stage / f"model-{quant}.gguf"
     written = write_gguf(model, tokenizer, path, quant, name=run.path.resolve().name)
     generation = getattr(run.recipe, "generation", None)
@@ -226,7 +224,7 @@ def greedy_check(model, tokenizer, path: Path, prompts: list[str], n: int) -> di
     the same prompt ids; and whether the file's own tokenizer splits each prompt as `tokenizer` does."""
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     eos = _eos_ids(model, tokenizer)
-    reference = [_greedy_hf(model, x, n, tokenizer) for x in ids]
+    reference = [_greedy_hf(model, x, n, tokenizer, eos) for x in ids]
     try:
         import llama_cpp
     except ImportError:
@@ -248,11 +246,11 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return eos | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
-def _greedy_hf(model, ids: list[int], n: int, tokenizer, eos: set[int] | None = None) -> list[int]:
+def _greedy_hf(model, ids: list[int], n: int, tokenizer, eos: set[int]) -> list[int]:
     import torch
 
     x = torch.tensor([ids])
-    eos = sorted(eos if eos is not None else _eos_ids(model, tokenizer))
+    eos = sorted(eos)
     with torch.no_grad():
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
                              temperature=None, top_p=None, top_k=None, eos_token_id=eos or None,
@@ -282,25 +280,13 @@ def _transformers_side(path: Path, ids, prompts, n: int, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_transformers():
+    with transformers_errors_only():
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         theirs_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model.eval()
     eos = _eos_ids(model, theirs_tok) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
     out = [_greedy_hf(model, x, n, tokenizer, eos) for x in ids]
     return out, [theirs_tok(p)["input_ids"] for p in prompts]
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def markdown(numbers: dict) -> str:

@@ -50,11 +50,11 @@ def check_weights(run: Run) -> None:
     from safetensors import safe_open
 
     out = run.path
-    gguf = sorted(out.glob("*.gguf"))
-    if gguf and not any((out / name).is_file() for name in WEIGHT_FILES):
-        raise HftlError(f"'{out}' is a GGUF export ({gguf[0].name}, hftl export --gguf): run it in llama.cpp, Ollama "
-                        "or LM Studio; hftl predicts and evaluates with the run it came from.")
     if not any((out / name).is_file() for name in WEIGHT_FILES):
+        gguf = sorted(out.glob("*.gguf"))
+        if gguf:
+            raise HftlError(f"'{out}' is a GGUF export ({gguf[0].name}, hftl export --gguf): run it in llama.cpp, "
+                            "Ollama or LM Studio; hftl predicts and evaluates with the run it came from.")
         raise HftlError(f"'{out}' holds no model weights (model.safetensors, or adapter_model.safetensors for a PEFT "
                         "run): the run did not get to save its model. Train it again, or point at the folder that "
                         "holds the weights.")
