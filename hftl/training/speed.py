@@ -6,11 +6,11 @@ in the plan's header and the card ("speed: ..."):
   training batch of token sequences is split into micro-batches of similar length, each padded to its own
   longest, and their gradients are summed, weighted by their share of the batch: the batch and its update are the
   ones the Trainer would make, with less padding (2,000 tweets, batch 32: a random batch holds 1.75x the tokens of
-  its texts, 2 sorted micro-batches of 16 1.38x, 4 of 8 1.18x; yet 16 trained faster than 8 in each of 4
-  interleaved runs: larger matrix products). Length-grouped *batches* (`training.train_sampling_strategy:
-  group_by_length`) pad even less but change what a batch holds: on these tweets (positive ones are shorter)
-  MiniLM fell from 0.91 to 0.82 after one epoch, so they are not a default; hftl's sampler for them shuffles the
-  batches and keeps evaluation in order;
+  its texts, 2 sorted micro-batches of 16 1.38x, 4 of 8 1.18x; yet 8 and 16 came out ahead in turn in
+  interleaved runs: 8 loses to smaller matrix products what it saves in padding). Length-grouped *batches*
+  (`training.train_sampling_strategy: group_by_length`) pad even less but change what a batch holds: on these
+  tweets (positive ones are shorter) MiniLM fell from 0.91 to 0.82 after one epoch, so they are not a default;
+  hftl's sampler for them shuffles the batches and keeps evaluation in order;
 - bf16 autocast (`training.bf16`) where the hardware multiplies bf16 matrices natively: a CUDA GPU that supports
   bf16, a CPU with AMX or AVX512-BF16. Not on other CPUs (AVX2 emulates bf16: slower than float32);
 - padding to a multiple of 8 (`speed.pad_to_multiple_of: auto`) on CUDA (tensor cores want aligned shapes);
