@@ -15,15 +15,11 @@ import argparse
 import json
 import tempfile
 
-from speed import Meter, hftl_recipe, plain_run
+from speed import Meter, hftl_run, plain_run
 
 
 def hftl_micro(mode: str, steps: int, out: str, meter: Meter, seed: int, micro: int) -> float:
-    import hftl
-
-    recipe = hftl_recipe(mode, steps, out, seed)
-    recipe["speed"] = {"micro_batch": micro}
-    return hftl.train(recipe, callbacks=[meter]).metrics["eval_accuracy"]
+    return hftl_run(mode, steps, out, meter, seed, speed={"micro_batch": micro})
 
 
 def main():

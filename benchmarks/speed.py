@@ -216,10 +216,13 @@ def hftl_recipe(mode: str, steps: int, out: str, seed: int) -> dict:
     return recipe
 
 
-def hftl_run(mode: str, steps: int, out: str, meter: Meter, seed: int) -> float:
+def hftl_run(mode: str, steps: int, out: str, meter: Meter, seed: int, speed: dict | None = None) -> float:
+    """`speed`: a recipe `speed:` section in place of hftl's defaults (micro_batch.py)."""
     import hftl
 
     recipe = hftl_recipe(mode, steps, out, seed)
+    if speed is not None:
+        recipe["speed"] = speed
     print(next((line for line in hftl.plan(recipe).splitlines() if line.startswith("speed:")), "speed: -"), flush=True)
     return hftl.train(recipe, callbacks=[meter]).metrics["eval_accuracy"]
 

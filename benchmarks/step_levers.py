@@ -28,8 +28,9 @@ import statistics
 import time
 
 import torch
+from speed import BATCH, MAX_LEN
 
-BATCH, MAX_LEN, BATCHES = 32, 64, 12
+BATCHES = 12
 
 
 def tweet_batches():
