@@ -102,7 +102,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> dict:
     _vocabulary(writer, tokenizer, config.vocab_size, pre)
 
     n_head = config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    n_kv = _kv_heads(config)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     counts: dict[str, int] = {}
@@ -134,6 +134,11 @@ def write_gguf(model, tokenizer, path: Path, quant: str, name: str) -> dict:
     return {"architecture": arch, "pre_tokenizer": pre, "tensor_types": counts}
 
 
+def _kv_heads(config) -> int:
+    """Key/value heads: fewer than the query heads under grouped-query attention."""
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 def _hyper_parameters(writer, config, quant: str) -> None:
     import gguf
 
@@ -143,7 +148,7 @@ def _hyper_parameters(writer, config, quant: str) -> None:
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    writer.add_head_count_kv(_kv_heads(config))
     rope = dict(getattr(config, "rope_parameters", None) or {})
     theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
     if theta is not None:
